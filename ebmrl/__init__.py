@@ -1,0 +1,3 @@
+"""EBM-RL: train a video VLM to see (<perception>), think (<think>) and speak (<answer>) in character."""
+
+__version__ = "0.1.0"

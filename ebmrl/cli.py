@@ -1,0 +1,91 @@
+"""``ebmrl`` command line: one subcommand per pipeline stage (what dvc.yaml runs).
+
+Parameters are validated in full before any stage starts, so a typo in params.yaml
+fails in milliseconds with the key named, not an hour into a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ebmrl.config import DEFAULT_PARAMS_PATH, ConfigError, load
+
+# subcommand -> module under ebmrl.stages
+STAGES: dict[str, str] = {
+    "tiny-models": "tiny_models",
+    "demo-data": "demo_data",
+}
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    parser = argparse.ArgumentParser(
+        prog="ebmrl", description="EBM-RL pipeline stages (see dvc.yaml for the DAG)."
+    )
+    parser.add_argument(
+        "--params",
+        default=str(DEFAULT_PARAMS_PATH),
+        help="parameters file (default: %(default)s)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    check = sub.add_parser("check-params", help="validate params.yaml and exit")
+    check.set_defaults(module=None)
+    outputs = sub.add_parser("outputs", help="list the pipeline outputs declared in dvc.yaml")
+    outputs.add_argument("--dvc-file", default="dvc.yaml")
+    outputs.set_defaults(module="outputs")
+    modules = {}
+    for command, module_name in STAGES.items():
+        module = importlib.import_module(f"ebmrl.stages.{module_name}")
+        stage_parser = sub.add_parser(command, help=module.HELP, description=module.HELP)
+        module.add_arguments(stage_parser)
+        stage_parser.set_defaults(module=command)
+        modules[command] = module
+    return parser, modules
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def print_outputs(dvc_file: str) -> int:
+    """Where each stage's outputs are, so a user knows what the demo produced."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load(Path(dvc_file).read_text(encoding="utf-8"))["stages"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        print(f"error: cannot read {dvc_file}: {exc}", file=sys.stderr)
+        return 2
+    print("Pipeline outputs:")
+    for name, stage in stages.items():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []) or []:
+                out = Path(next(iter(entry)) if isinstance(entry, dict) else entry)
+                state = f"{_size(out) / 1e6:8.2f} MB" if out.exists() else "   (missing)"
+                print(f"  {name:14s} {kind:7s} {state}  {out.resolve()}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, modules = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        params = load(args.params)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.module is None:
+        print(f"{args.params}: OK")
+        return 0
+    if args.module == "outputs":
+        return print_outputs(args.dvc_file)
+    return int(modules[args.module].run(params, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

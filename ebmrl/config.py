@@ -1,0 +1,341 @@
+"""Typed, validated view of ``params.yaml``.
+
+``load(path)`` reads the file, validates every section and returns a frozen ``Params``.
+Anything wrong (unknown or duplicated key, wrong type, out-of-range value, YAML syntax
+error) raises ``ConfigError`` before any work starts, with a message that names the key
+path (``rewards.weights.clip``) and the offending value. Each stage reads only its own
+section (``params.grpo``, ``params.rewards``, ...), which is also what dvc.yaml lists
+as that stage's ``params``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """params.yaml is unreadable or invalid. ``problems`` lists (key path, message)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem(s) in the parameters:"]
+        lines += [f"  - {key}: {message}" for key, message in problems]
+        super().__init__("\n".join(lines))
+
+
+class Section(BaseModel):
+    """Base of every config block: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(gt=0, le=1)]
+
+
+# --------------------------------------------------------------------------- models
+class ModelsSection(Section):
+    """Which models the pipeline loads. A value is a hub id or a local folder."""
+
+    vlm: str = "models/tiny/qwen2_5_vl"
+    clip: str = "models/tiny/clip"
+    # open_clip "pretrained" tag for hub CLIP models (e.g. "openai"); ignored for folders.
+    clip_pretrained: str | None = None
+    text_encoder: str = "models/tiny/text_encoder"
+    text_encoder_layers: PositiveInt = 2
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+
+class TinyModelsSection(Section):
+    out: str = "models/tiny"
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------- demo
+class DemoSection(Section):
+    """Procedurally rendered demo clips and role-play samples (offline stand-in data)."""
+
+    out: str = "data/demo"
+    seed: int = 0
+    num_clips: Annotated[int, Field(ge=2, le=10_000)] = 24
+    num_sessions: Annotated[int, Field(ge=2)] = 6
+    samples_per_clip: Annotated[int, Field(ge=1, le=20)] = 2
+    width: Annotated[int, Field(ge=16, le=1920)] = 96
+    height: Annotated[int, Field(ge=16, le=1080)] = 72
+    fps: Annotated[int, Field(ge=1, le=60)] = 8
+    min_duration_s: Annotated[float, Field(gt=0)] = 2.0
+    max_duration_s: Annotated[float, Field(gt=0)] = 18.0
+
+    @model_validator(mode="after")
+    def _durations_ordered(self) -> DemoSection:
+        if self.max_duration_s < self.min_duration_s:
+            raise ValueError(
+                f"max_duration_s ({self.max_duration_s}) must be >= min_duration_s "
+                f"({self.min_duration_s})"
+            )
+        if self.num_sessions > self.num_clips:
+            raise ValueError(
+                f"num_sessions ({self.num_sessions}) must be <= num_clips ({self.num_clips})"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------- video
+class FrameStep(Section):
+    """Clips shorter than ``max_duration_s`` get ``frames`` frames (null = no limit)."""
+
+    max_duration_s: Annotated[float, Field(gt=0)] | None
+    frames: PositiveInt
+
+
+def _paper_schedule() -> list[FrameStep]:
+    return [
+        FrameStep(max_duration_s=5, frames=4),
+        FrameStep(max_duration_s=15, frames=8),
+        FrameStep(max_duration_s=60, frames=16),
+        FrameStep(max_duration_s=None, frames=32),
+    ]
+
+
+class VideoSection(Section):
+    frame_schedule: list[FrameStep] = Field(default_factory=_paper_schedule, min_length=1)
+    # Frames fed to the VLM are resized so that width*height stays under this budget.
+    max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 100_352
+
+    def schedule(self) -> tuple[tuple[float | None, int], ...]:
+        """The schedule as ``(max_duration_s, frames)`` pairs for ``ebmrl.video``."""
+        return tuple((s.max_duration_s, s.frames) for s in self.frame_schedule)
+
+    @field_validator("frame_schedule")
+    @classmethod
+    def _schedule_is_increasing(cls, steps: list[FrameStep]) -> list[FrameStep]:
+        bounds = [s.max_duration_s for s in steps]
+        if bounds[-1] is not None:
+            raise ValueError("the last step must have max_duration_s: null (no upper bound)")
+        if any(b is None for b in bounds[:-1]):
+            raise ValueError("only the last step may have max_duration_s: null")
+        finite = [b for b in bounds[:-1] if b is not None]
+        if any(b2 <= b1 for b1, b2 in zip(finite, finite[1:], strict=False)):
+            raise ValueError(f"max_duration_s must increase step by step, got {finite}")
+        return steps
+
+
+# -------------------------------------------------------------------------- rewards
+class RewardWeights(Section):
+    answer: NonNegFloat = 1.0
+    format: NonNegFloat = 1.0
+    clip: NonNegFloat = 0.8
+    pcg: NonNegFloat = 0.8
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> RewardWeights:
+        if not any((self.answer, self.format, self.clip, self.pcg)):
+            raise ValueError("all reward weights are 0: at least one reward must count")
+        return self
+
+
+class ClipRewardSection(Section):
+    mode: Literal["max", "sent_topk"] = "max"
+    topk_fraction: Probability = 0.2
+
+
+class LeakFilterSection(Section):
+    enabled: bool = False
+    threshold: Annotated[float, Field(ge=-1, le=1)] = 0.5
+
+
+class PcgRewardSection(Section):
+    leak_filter: LeakFilterSection = LeakFilterSection()
+
+
+class RewardsSection(Section):
+    weights: RewardWeights = RewardWeights()
+    aggregation: Literal["normalize_then_sum", "sum_then_normalize"] = "normalize_then_sum"
+    clip: ClipRewardSection = ClipRewardSection()
+    pcg: PcgRewardSection = PcgRewardSection()
+
+
+# ------------------------------------------------------------------------- training
+class LoraSection(Section):
+    enabled: bool = False
+    r: PositiveInt = 8
+    alpha: PositiveInt = 16
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+class SftSection(Section):
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 3e-6
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    per_device_batch_size: PositiveInt = 1
+    gradient_accumulation_steps: PositiveInt = 8
+    epochs: Annotated[float, Field(gt=0)] = 4
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    lora: LoraSection = LoraSection()
+
+
+class GrpoSection(Section):
+    group_size: Annotated[int, Field(ge=2)] = 8
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    top_p: Probability = 0.95
+    beta: NonNegFloat = 0.04
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 5e-7
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_prompt_length: PositiveInt | None = None
+    max_completion_length: PositiveInt = 1024
+    epochs: Annotated[float, Field(gt=0)] = 1
+    max_steps: Annotated[int, Field(ge=-1)] = -1
+    lora: LoraSection = LoraSection()
+
+    @field_validator("temperature")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"must be finite, got {v}")
+        return v
+
+
+# ------------------------------------------------------------------------- tracking
+class TrackingSection(Section):
+    # MLFLOW_TRACKING_URI in the environment wins over this default.
+    mlflow_uri: str = "sqlite:///mlflow.db"
+    experiment: str = Field("ebmrl", min_length=1)
+
+
+class Params(Section):
+    """Every section of params.yaml. Missing sections take their defaults."""
+
+    models: ModelsSection = ModelsSection()
+    tiny_models: TinyModelsSection = TinyModelsSection()
+    demo: DemoSection = DemoSection()
+    video: VideoSection = VideoSection()
+    rewards: RewardsSection = RewardsSection()
+    sft: SftSection = SftSection()
+    grpo: GrpoSection = GrpoSection()
+    tracking: TrackingSection = TrackingSection()
+
+
+# --------------------------------------------------------------------------- loading
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key written twice in one mapping (YAML keeps the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first on line {seen[key] + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "<root>"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at ``loc`` (the parent of an unknown key), for suggestions."""
+    current: Any = model
+    for item in loc:
+        if isinstance(item, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(item)
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ()) or ()
+        candidates = [annotation, *args]
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _problems(error: ValidationError, root: type[BaseModel]) -> list[tuple[str, str]]:
+    problems = []
+    for err in error.errors(include_url=False):
+        loc = tuple(err["loc"])
+        # Pydantic appends the union member or validator name for some errors.
+        loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+        path = _key_path(loc)
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(root, loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            message = "unknown key"
+            if hint:
+                message += f" (did you mean {'.'.join(map(str, loc[:-1] + (hint[0],)))}?)"
+            elif known:
+                message += f" (known keys here: {', '.join(known)})"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            if "input" in err and err["type"] != "missing":
+                message += f" (got {err['input']!r})"
+        problems.append((path, message))
+    return problems
+
+
+def validate(data: Any, source: str = "params") -> Params:
+    """Validate an already-parsed mapping (e.g. from a test or ``dvc exp run -S``)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("<root>", f"must be a mapping, got {type(data).__name__}")])
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _problems(exc, Params)) from None
+
+
+def load(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
+    """Read and validate params.yaml; raise ``ConfigError`` naming every bad key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), [("<file>", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [("<file>", f"cannot read: {exc}")]) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [(where, f"invalid YAML: {problem}")]) from None
+    return validate(data, source=str(path))

@@ -1,0 +1,1 @@
+"""Data: demo generator, and (later) ingest, frames, annotate, synthesize."""
