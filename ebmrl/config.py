@@ -79,8 +79,8 @@ class DemoSection(Section):
     num_clips: Annotated[int, Field(ge=2, le=10_000)] = 24
     num_sessions: Annotated[int, Field(ge=2)] = 6
     samples_per_clip: Annotated[int, Field(ge=1, le=20)] = 2
-    width: Annotated[int, Field(ge=16, le=1920)] = 96
-    height: Annotated[int, Field(ge=16, le=1080)] = 72
+    width: Annotated[int, Field(ge=64, le=1920, multiple_of=64)] = 128
+    height: Annotated[int, Field(ge=16, le=1080, multiple_of=2)] = 96
     fps: Annotated[int, Field(ge=1, le=60)] = 8
     min_duration_s: Annotated[float, Field(gt=0)] = 2.0
     max_duration_s: Annotated[float, Field(gt=0)] = 18.0

@@ -68,6 +68,7 @@ BAD_VALUES = [
     ("sft.test_fraction", 1.0, ["sft.test_fraction", "1.0"]),
     ("models.dtype", "fp8", ["models.dtype", "'fp8'"]),
     ("demo.num_clips", 1, ["demo.num_clips", "1"]),
+    ("demo.width", 96, ["demo.width", "multiple of 64"]),
     ("grpo.max_completion_length", 0, ["grpo.max_completion_length"]),
     ("sft.lora.dropout", 1.0, ["sft.lora.dropout"]),
     (

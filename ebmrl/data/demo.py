@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -175,9 +176,13 @@ MOTION_PHRASES = {
 def perception_text(scene: Scene) -> str:
     """Observable facts only, in the order the method asks for (event, objects, mood)."""
     people = f"{scene.figures} {scene.figure_colour} figure" + ("s" if scene.figures > 1 else "")
-    event = f"{people} {MOTION_PHRASES[scene.motion]} in a {scene.lighting} {scene.background} street."
-    objects = "Orange flames flicker at the bottom of the frame." if scene.danger else (
-        "No fire or threat is visible."
+    event = (
+        f"{people} {MOTION_PHRASES[scene.motion]} in a {scene.lighting} {scene.background} street."
+    )
+    objects = (
+        "Orange flames flicker at the bottom of the frame."
+        if scene.danger
+        else ("No fire or threat is visible.")
     )
     mood = (
         "The atmosphere is dangerous and tense."
@@ -240,7 +245,11 @@ def render_frames(scene: Scene, seed: int) -> np.ndarray:
             for j in range(6):
                 fx = int((j + 0.5) * w / 6)
                 flame_h = int(h * (0.15 + 0.15 * rng.random()) * flicker)
-                frame[h - flame_h :, max(0, fx - w // 20) : fx + w // 20] = (255, 120 + 60 * j % 100, 0)
+                frame[h - flame_h :, max(0, fx - w // 20) : fx + w // 20] = (
+                    255,
+                    120 + 60 * j % 100,
+                    0,
+                )
         frame += rng.normal(0, 3, size=frame.shape).astype(np.float32)
         frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames
@@ -250,20 +259,23 @@ def encode_mp4(frames: np.ndarray, fps: int, path: Path) -> None:
     """Encode frames as H.264 mp4 (yuv420p), atomically."""
     import av
 
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            # Single-threaded, fixed settings: the same seed gives byte-identical files.
-            stream.options = {"crf": "23", "preset": "veryfast", "threads": "1"}
-            stream.thread_count = 1
-            for array in frames:
-                frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.time_base = Fraction(1, fps)
+        # libx264 reads past the end of rows whose chroma width is not a multiple of
+        # 32 bytes: such clips differ from run to run, hence demo.width % 64 == 0.
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        # Single-threaded, fixed settings: the same seed gives byte-identical files.
+        stream.options = {"crf": "23", "preset": "veryfast", "threads": "1"}
+        stream.thread_count = 1
+        for index, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = index
+            for packet in stream.encode(frame):
                 container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 # ---------------------------------------------------------------------------- scenes
@@ -368,8 +380,8 @@ def generate(
     num_clips: int = 24,
     num_sessions: int = 6,
     samples_per_clip: int = 2,
-    width: int = 96,
-    height: int = 72,
+    width: int = 128,
+    height: int = 96,
     fps: int = 8,
     min_duration_s: float = 2.0,
     max_duration_s: float = 18.0,
@@ -386,7 +398,9 @@ def generate(
     videos = out / "videos"
     videos.mkdir(parents=True, exist_ok=True)
     for index, scene in enumerate(iterator):
-        encode_mp4(render_frames(scene, seed * 100_003 + index), scene.fps, videos / f"{scene.clip_id}.mp4")
+        encode_mp4(
+            render_frames(scene, seed * 100_003 + index), scene.fps, videos / f"{scene.clip_id}.mp4"
+        )
     wanted = {f"{s.clip_id}.mp4" for s in scenes}
     for stale in videos.glob("*.mp4"):
         if stale.name not in wanted:

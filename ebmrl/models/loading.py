@@ -92,6 +92,10 @@ def load_text_encoder_spec(id_or_path: str | Path, num_layers: int) -> dict[str,
     (including every local folder) the layer must be given, so we always pass it.
     """
     name = str(id_or_path)
-    if not is_local(name) and "/" not in name and not name.startswith(("bert", "roberta", "microsoft")):
+    if (
+        not is_local(name)
+        and "/" not in name
+        and not name.startswith(("bert", "roberta", "microsoft"))
+    ):
         raise ModelLoadError(f"text encoder {name!r}{_hint(name)}")
     return {"model_type": name, "num_layers": int(num_layers)}
