@@ -1,0 +1,1 @@
+"""Training: role-play prompts, CoT-SFT and EBM-RL GRPO on video (TRL adapters)."""

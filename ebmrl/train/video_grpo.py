@@ -1,0 +1,241 @@
+"""GRPO on video: a small subclass of TRL's ``GRPOTrainer``.
+
+Stock TRL 1.16 handles images, not video: a ``{"type": "video"}`` block reaches
+``generate()`` but every log-prob pass (old policy, reference, policy under training)
+runs without the video features, so the vision tower gets no gradient and no error is
+raised. This subclass:
+
+1. tokenizes prompts with the clip's frames (looked up in the frame store by the row's
+   ``clip_id``) into real video features (``pixel_values_videos``, ``video_grid_thw``,
+   ``second_per_grid_ts``, ``mm_token_type_ids`` for M-RoPE);
+2. carries those features, one entry per row, through TRL's buffering, shuffling and
+   splitting into every log-prob pass;
+3. suppresses the image/video pad tokens during sampling (a sampled pad token breaks the
+   next forward pass).
+
+It overrides private TRL methods (``_tokenize_prompts``, ``_generate_and_score_completions``,
+``_get_per_token_logps_and_entropies``, ``_compute_loss``): TRL is pinned exactly, and
+``tests/test_video_grpo.py`` asserts the contract (the vision tower receives a non-zero
+gradient), so an upgrade that breaks it fails loudly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from trl import GRPOTrainer
+
+from ebmrl.frame_store import FrameStore
+from ebmrl.models.vlm import vision_pad_token_ids
+
+# Keys under which per-row video features travel in TRL's batch dicts. Lists and
+# tensors with a leading row dimension survive TRL's shuffle/split unchanged.
+VIDEO_PIXELS = "ebmrl_video_pixels"  # list[Tensor(rows_i, patch_dim)]
+VIDEO_GRID = "ebmrl_video_grid_thw"  # Tensor(B, 3)
+VIDEO_SECONDS = "ebmrl_second_per_grid_ts"  # Tensor(B,)
+VIDEO_KEYS = (VIDEO_PIXELS, VIDEO_GRID, VIDEO_SECONDS)
+
+# mm_token_type_ids values used by Qwen-VL processors.
+IMAGE_TYPE, VIDEO_TYPE = 1, 2
+
+
+@dataclass
+class VideoRows:
+    """Video features of a batch, one clip per row, in row order."""
+
+    pixels: list[torch.Tensor]
+    grid_thw: torch.Tensor
+    second_per_grid_ts: torch.Tensor | None
+
+    def rows(self, start: int, end: int, device: torch.device) -> dict[str, torch.Tensor]:
+        inputs = {
+            "pixel_values_videos": torch.cat(self.pixels[start:end]).to(device),
+            "video_grid_thw": self.grid_thw[start:end].to(device),
+        }
+        if self.second_per_grid_ts is not None:
+            inputs["second_per_grid_ts"] = self.second_per_grid_ts[start:end].to(device)
+        return inputs
+
+    def as_batch_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {VIDEO_PIXELS: self.pixels, VIDEO_GRID: self.grid_thw}
+        if self.second_per_grid_ts is not None:
+            fields[VIDEO_SECONDS] = self.second_per_grid_ts
+        return fields
+
+    @classmethod
+    def from_batch_fields(cls, batch: dict[str, Any]) -> VideoRows | None:
+        if VIDEO_PIXELS not in batch:
+            return None
+        return cls(list(batch[VIDEO_PIXELS]), batch[VIDEO_GRID], batch.get(VIDEO_SECONDS))
+
+
+def strip_none_keys(value: Any) -> Any:
+    """Drop ``None``-valued keys that ``datasets`` adds when it unifies message structs.
+
+    Left in, ``{"type": "text", "text": ..., "video": None}`` makes Qwen's own chat
+    template count a text block as a video.
+    """
+    if isinstance(value, dict):
+        return {k: strip_none_keys(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [strip_none_keys(v) for v in value]
+    return value
+
+
+def mm_token_type_ids(
+    input_ids: torch.Tensor, image_token_id: int | None, video_token_id: int
+) -> torch.Tensor:
+    types = torch.zeros_like(input_ids)
+    if image_token_id is not None:
+        types[input_ids == image_token_id] = IMAGE_TYPE
+    types[input_ids == video_token_id] = VIDEO_TYPE
+    return types
+
+
+class VideoGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` whose prompts carry a video clip, looked up by ``clip_id``.
+
+    Dataset rows need ``prompt`` (a conversation whose user turn has a ``{"type": "video"}``
+    block) and ``clip_id``; every other column is passed to the reward functions.
+    """
+
+    def __init__(self, *args: Any, frame_store: FrameStore, **kwargs: Any):
+        self.frame_store = frame_store
+        self._pending_videos: list[Any] | None = None
+        self._video_rows: VideoRows | None = None
+        super().__init__(*args, **kwargs)
+        if getattr(self.args, "use_vllm", False):
+            raise ValueError(
+                "VideoGRPOTrainer generates with transformers: vLLM rollouts in TRL 1.16 do not "
+                "receive video input, so the policy would be sampled blind. Set use_vllm: false."
+            )
+        config = self.model.config
+        self._video_token_id = config.video_token_id
+        self._image_token_id = getattr(config, "image_token_id", None)
+        suppressed = set(self.generation_kwargs.get("suppress_tokens") or [])
+        suppressed |= set(vision_pad_token_ids(self.processing_class))
+        self.generation_kwargs["suppress_tokens"] = sorted(suppressed)
+        self.generation_config.suppress_tokens = sorted(suppressed)
+
+    # ------------------------------------------------------------------ generation
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        inputs = [strip_none_keys(dict(row)) for row in inputs]
+        missing = [i for i, row in enumerate(inputs) if not row.get("clip_id")]
+        if missing:
+            raise ValueError(f"rows {missing} have no clip_id: every GRPO prompt needs a clip")
+        self._pending_videos = [self.frame_store.frames(row["clip_id"]) for row in inputs]
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            if self._video_rows is None:
+                raise RuntimeError(
+                    "prompts were tokenized without their video (TRL internals changed?)"
+                )
+            output.update(self._video_rows.as_batch_fields())
+        finally:
+            self._pending_videos = None
+            self._video_rows = None
+        return output
+
+    def _tokenize_prompts(self, prompts: list):
+        if self._pending_videos is None:
+            return super()._tokenize_prompts(prompts)
+        processor = self.processing_class
+        texts = [
+            processor.apply_chat_template(
+                strip_none_keys(p), tokenize=False, add_generation_prompt=True
+            )
+            for p in prompts
+        ]
+        encoded = processor(
+            text=texts,
+            videos=list(self._pending_videos),
+            padding=True,
+            return_tensors="pt",
+            do_sample_frames=False,
+        )
+        mask = encoded["attention_mask"].bool()
+        prompt_ids = [ids[m].tolist() for ids, m in zip(encoded["input_ids"], mask, strict=True)]
+        grid = encoded["video_grid_thw"]
+        pixels = list(torch.split(encoded["pixel_values_videos"], grid.prod(dim=-1).tolist()))
+        self._video_rows = VideoRows(pixels, grid, encoded.get("second_per_grid_ts"))
+        fields: dict[str, Any] = {
+            "pixel_values_videos": encoded["pixel_values_videos"],
+            "video_grid_thw": grid,
+            # Unpadded per-prompt lists: TRL left-pads them exactly like the prompt ids.
+            "mm_token_type_ids": [
+                types[m].tolist()
+                for types, m in zip(encoded["mm_token_type_ids"], mask, strict=True)
+            ],
+        }
+        if "second_per_grid_ts" in encoded:
+            fields["second_per_grid_ts"] = encoded["second_per_grid_ts"]
+        return prompt_ids, None, fields
+
+    # -------------------------------------------------------------------- log-probs
+    def _compute_loss(self, model, inputs):
+        self._video_rows = VideoRows.from_batch_fields(inputs)
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._video_rows = None
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **image_kwargs,
+    ):
+        video = self._video_rows
+        if video is None:
+            return super()._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size=batch_size,
+                compute_entropy=compute_entropy,
+                compute_aux_loss=compute_aux_loss,
+                **image_kwargs,
+            )
+        if len(video.pixels) != input_ids.size(0):
+            raise RuntimeError(
+                f"{input_ids.size(0)} rows but video features for {len(video.pixels)}: "
+                "TRL's batching changed, the video subclass must be updated"
+            )
+        batch_size = batch_size or input_ids.size(0)
+        all_logps, all_entropies, all_aux = [], [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            end = min(start + batch_size, input_ids.size(0))
+            ids = input_ids[start:end]
+            mask = attention_mask[start:end]
+            model_inputs = {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "mm_token_type_ids": mm_token_type_ids(
+                    ids, self._image_token_id, self._video_token_id
+                ),
+                **video.rows(start, end, ids.device),
+            }
+            if compute_aux_loss:
+                model_inputs["output_router_logits"] = True
+            # Score only completion tokens, as TRL does.
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, :-logits_to_keep] = -100
+            with self.accelerator.autocast():
+                outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
+            all_logps.append(outputs.log_probs[:, -logits_to_keep:])
+            if compute_entropy:
+                all_entropies.append(outputs.entropy[:, -logits_to_keep:])
+            if compute_aux_loss:
+                all_aux.append(outputs.aux_loss)
+        logps = torch.cat(all_logps, dim=0)
+        entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
+        aux_loss = torch.stack(all_aux).mean() if compute_aux_loss else None
+        return logps, entropies, aux_loss
