@@ -1,0 +1,74 @@
+"""Answer faithfulness: BERTScore F1 of the ``<answer>`` block against the reference.
+
+method.md section 2: F1 between the answer ``a`` and the reference reply ``y*`` (paper
+setting: ``microsoft/deberta-xlarge-mnli``, no idf, no baseline rescaling), clipped to
+[0, 1]; 0 when the answer is missing or empty (likewise when the reference is empty:
+there is nothing to be faithful to). The scorer is a persistent ``bert_score.BERTScorer``
+built once (``make_bert_scorer``); one call scores the whole group.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ebmrl.rewards.base import RewardBatch, check_lengths, completion_texts, rate
+from ebmrl.tags import parse
+
+
+class F1Scorer(Protocol):
+    """``bert_score.BERTScorer``'s interface: ``score(cands, refs) -> (P, R, F)`` tensors."""
+
+    def score(
+        self, cands: list[str], refs: list[str], batch_size: int = ...
+    ) -> tuple[Any, Any, Any]: ...
+
+
+def make_bert_scorer(model: str, num_layers: int, device: str = "cpu", batch_size: int = 64) -> Any:
+    """A persistent BERTScorer for a hub id or local folder, paper settings (no idf, no
+    rescaling). bert-score needs the layer for any model outside its own table."""
+    from bert_score import BERTScorer
+
+    from ebmrl.models import load_text_encoder_spec
+
+    spec = load_text_encoder_spec(model, num_layers)
+    return BERTScorer(
+        **spec, batch_size=batch_size, device=device, idf=False, rescale_with_baseline=False
+    )
+
+
+def clip_unit(value: float) -> float:
+    """Clip to [0, 1]; a non-finite score (a scorer failure on odd input) counts as 0."""
+    if not math.isfinite(value):
+        return 0.0
+    return min(1.0, max(0.0, value))
+
+
+class AnswerReward:
+    """BERTScore F1 of each completion's answer against its reference reply."""
+
+    name = "answer"
+
+    def __init__(self, scorer: F1Scorer, batch_size: int = 64):
+        self.scorer = scorer
+        # BERTScorer.score takes its batch size per call (the constructor's is ignored).
+        self.batch_size = batch_size
+
+    def score(self, completions: Sequence[object], references: Sequence[str]) -> RewardBatch:
+        texts = completion_texts(completions)
+        check_lengths("answer", len(texts), references=references)
+        answers = [parse(t, ("answer",), aliases={}).answer or "" for t in texts]
+        refs = [str(r or "").strip() for r in references]
+        # bert-score 0.3.13 crashes on an empty or whitespace-only string under
+        # transformers 5, and an empty answer deserves 0 anyway: never send one.
+        scored = [i for i, (a, r) in enumerate(zip(answers, refs, strict=True)) if a and r]
+        values = [0.0] * len(texts)
+        if scored:
+            _, _, f1 = self.scorer.score(
+                [answers[i] for i in scored], [refs[i] for i in scored], batch_size=self.batch_size
+            )
+            for i, f in zip(scored, f1.tolist(), strict=True):
+                values[i] = clip_unit(float(f))
+        missing = sum(1 for a in answers if not a)
+        return RewardBatch(values, {"rewards/answer/missing_rate": rate(missing, len(texts))})
