@@ -18,6 +18,11 @@ from ebmrl.config import DEFAULT_PARAMS_PATH, ConfigError, load
 STAGES: dict[str, str] = {
     "tiny-models": "tiny_models",
     "demo-data": "demo_data",
+    "ingest": "ingest",
+    "frames": "frames",
+    "annotate": "annotate",
+    "synthesize": "synthesize",
+    "serve": "serve",  # a command, not a DVC stage
 }
 
 

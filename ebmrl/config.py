@@ -139,6 +139,134 @@ class VideoSection(Section):
         return steps
 
 
+# --------------------------------------------------------------------- data stages
+VIDEO_EXTENSIONS = ("mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "ts", "flv", "wmv")
+
+
+class IngestLimitsSection(Section):
+    """Videos outside these bounds are quarantined as absurd (broken metadata, not film)."""
+
+    min_duration_s: Annotated[float, Field(gt=0)] = 0.25
+    max_duration_s: Annotated[float, Field(gt=0)] = 4 * 3600.0
+    min_fps: Annotated[float, Field(gt=0)] = 1.0
+    max_fps: Annotated[float, Field(gt=0)] = 240.0
+    min_side: Annotated[int, Field(ge=1)] = 16
+    max_side: Annotated[int, Field(ge=1)] = 8192
+    min_frames: Annotated[int, Field(ge=1)] = 2
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> IngestLimitsSection:
+        for low, high in (
+            ("min_duration_s", "max_duration_s"),
+            ("min_fps", "max_fps"),
+            ("min_side", "max_side"),
+        ):
+            if getattr(self, low) >= getattr(self, high):
+                raise ValueError(
+                    f"{low} ({getattr(self, low)}) must be < {high} ({getattr(self, high)})"
+                )
+        return self
+
+
+class IngestSection(Section):
+    """Find, probe and record the source videos; import released-format records."""
+
+    source: str = Field("data/demo/videos", min_length=1)  # a folder or s3://bucket/prefix
+    out: str = "data/ingest"
+    # Released-format record files (local or s3://); their video paths are relative to them.
+    records: list[str] = Field(default_factory=lambda: ["data/demo/samples.json"])
+    extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS), min_length=1)
+    strict: bool = False  # any quarantined file or rejected record fails the stage
+    verify_decode: bool = True  # decode first, middle and last frame (catches truncation)
+    limits: IngestLimitsSection = IngestLimitsSection()
+
+    @field_validator("extensions")
+    @classmethod
+    def _normalise_extensions(cls, values: list[str]) -> list[str]:
+        return sorted({v.lower().lstrip(".") for v in values})
+
+
+class FramesSection(Section):
+    """Frame sampling (schedule and size: ``video``) and CLIP embeddings into shards."""
+
+    ingest: str = "data/ingest"
+    out: str = "data/frames"
+    workers: Annotated[int, Field(ge=0, le=256)] = 2  # decoding processes (0: in-process)
+    shard_size_mb: Annotated[float, Field(gt=0, le=16384)] = 64.0
+    compress: bool = True  # zlib inside the shards (lossless)
+    embed_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
+
+
+class BackendSection(Section):
+    """A text/vision generation backend: a local transformers VLM or an OpenAI-compatible URL."""
+
+    kind: Literal["local", "http"] = "local"
+    model: str | None = None  # null: models.vlm (local), or the served model name (http)
+    base_url: str | None = None  # http: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 4
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 5
+    backoff_s: NonNegFloat = 1.0
+    max_backoff_s: NonNegFloat = 60.0
+    image_format: Literal["jpeg", "png"] = "jpeg"
+    # local: torch CPU threads (null: torch's default). Small models run fastest on one.
+    torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+
+    @model_validator(mode="after")
+    def _http_needs_url(self) -> BackendSection:
+        if self.kind == "http" and not (self.base_url or "").startswith(("http://", "https://")):
+            raise ValueError(
+                f"kind: http needs base_url starting with http:// or https:// (got {self.base_url!r})"
+            )
+        return self
+
+
+class GenerationSection(Section):
+    max_tokens: Annotated[int, Field(ge=1, le=32768)] = 256
+    temperature: Annotated[float, Field(ge=0, le=5)] = 0.7
+    top_p: Probability = 1.0
+    seed: int = 0
+
+
+class AnnotateSection(Section):
+    """Visual descriptions of the clips by a VLM, cached per (clip, prompt, model)."""
+
+    ingest: str = "data/ingest"
+    frames: str = "data/frames"
+    out: str = "data/annotate"
+    cache: str = "data/annotate_cache"  # append-only; survives crashes and reruns
+    max_frames: Annotated[int, Field(ge=1, le=256)] = 8  # frames sent per clip
+    backend: BackendSection = BackendSection()
+    generation: GenerationSection = GenerationSection()
+
+
+class SynthesizeSection(Section):
+    """Training samples: film lines (raw_lines) or LLM dialogues, traces, session split."""
+
+    ingest: str = "data/ingest"
+    annotations: str = "data/annotate"
+    profiles: str = "data/demo/profiles.json"
+    out: str = "data/dataset"
+    cache: str = "data/synthesize_cache"
+    mode: Literal["raw_lines", "llm"] = "raw_lines"
+    # keep: traces as given (no LLM); generate_missing / regenerate: write them by LLM.
+    traces: Literal["keep", "generate_missing", "regenerate"] = "keep"
+    source: str | None = None  # film of the characters (llm mode); null: the profiles' only film
+    strategies: list[Literal["join", "ask"]] = Field(
+        default_factory=lambda: ["join", "ask"], min_length=1
+    )
+    samples_per_clip: Annotated[int, Field(ge=1, le=20)] = 2
+    history_turns: Annotated[int, Field(ge=0, le=12)] = 2  # join: turns before the user's line
+    # A trace whose share of the reply's word n-grams reaches this is a copy of the reply.
+    copy_threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # trace generations before dropping
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    seed: int = 0
+    backend: BackendSection = BackendSection()
+    generation: GenerationSection = GenerationSection(max_tokens=128)
+
+
 # -------------------------------------------------------------------------- rewards
 class RewardWeights(Section):
     answer: NonNegFloat = 1.0
@@ -153,23 +281,37 @@ class RewardWeights(Section):
         return self
 
 
+class AnswerRewardSection(Section):
+    # BERTScore batch size (the scorer model and layer are models.text_encoder[_layers]).
+    batch_size: PositiveInt = 64
+
+
 class ClipRewardSection(Section):
     mode: Literal["max", "sent_topk"] = "max"
     topk_fraction: Probability = 0.2
+    # sent_topk: sentences per perception sent to CLIP (beyond: counted as truncation).
+    max_sentences: PositiveInt = 16
 
 
 class LeakFilterSection(Section):
     enabled: bool = False
     threshold: Annotated[float, Field(ge=-1, le=1)] = 0.5
+    # Sentence encoder (hub id or folder), e.g. sentence-transformers/all-MiniLM-L6-v2.
+    model: str = Field("models/tiny/text_encoder", min_length=1)
 
 
 class PcgRewardSection(Section):
     leak_filter: LeakFilterSection = LeakFilterSection()
+    batch_size: PositiveInt = 16  # queries per reference-model forward pass
+    max_block_chars: PositiveInt = 8192  # perception/think cut (pathological output guard)
+    max_prefix_tokens: Annotated[int, Field(ge=16)] = 2048
+    max_target_tokens: PositiveInt = 256
 
 
 class RewardsSection(Section):
     weights: RewardWeights = RewardWeights()
     aggregation: Literal["normalize_then_sum", "sum_then_normalize"] = "normalize_then_sum"
+    answer: AnswerRewardSection = AnswerRewardSection()
     clip: ClipRewardSection = ClipRewardSection()
     pcg: PcgRewardSection = PcgRewardSection()
 
@@ -183,28 +325,66 @@ class LoraSection(Section):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
-class SftSection(Section):
+class TrainingSection(Section):
+    """Optimiser, schedule and checkpointing knobs shared by the SFT and GRPO stages."""
+
     learning_rate: Annotated[float, Field(gt=0, lt=1)] = 3e-6
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    weight_decay: NonNegFloat = 0.0
     per_device_batch_size: PositiveInt = 1
     gradient_accumulation_steps: PositiveInt = 8
-    epochs: Annotated[float, Field(gt=0)] = 4
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    epochs: Annotated[float, Field(gt=0)] = 1
+    # -1: run `epochs` epochs; otherwise stop after this many optimiser steps.
+    max_steps: Annotated[int, Field(ge=-1)] = -1
+    seed: int = 0
+    logging_steps: PositiveInt = 1
+    # Checkpoints every N optimiser steps; a rerun after a crash resumes from the last one.
+    save_steps: PositiveInt = 50
+    save_total_limit: PositiveInt = 2
     lora: LoraSection = LoraSection()
 
+    @model_validator(mode="after")
+    def _steps_are_not_zero(self) -> TrainingSection:
+        if self.max_steps == 0:
+            raise ValueError("max_steps: 0 trains nothing; use -1 (epochs) or a positive count")
+        return self
 
-class GrpoSection(Section):
+
+class SftSection(TrainingSection):
+    """CoT-SFT cold start on samples that carry a reference perception + think."""
+
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 3e-6
+    epochs: Annotated[float, Field(gt=0)] = 4
+    # Longest tokenized sample (prompt + video tokens + completion); longer batches are refused.
+    max_length: PositiveInt | None = None
+    dataset: str = "data/dataset"
+    frames: str = "data/frames"
+    out: str = "models/sft"
+    # Held-out samples whose greedy generations are scored for format before/after training.
+    eval_samples: Annotated[int, Field(ge=0)] = 8
+    eval_max_new_tokens: PositiveInt = 128
+
+
+class GrpoSection(TrainingSection):
+    """EBM-RL GRPO from the SFT checkpoint (also the frozen reference model)."""
+
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 5e-7
+    epochs: Annotated[float, Field(gt=0)] = 1
     group_size: Annotated[int, Field(ge=2)] = 8
     temperature: Annotated[float, Field(gt=0)] = 1.0
     top_p: Probability = 0.95
     beta: NonNegFloat = 0.04
-    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 5e-7
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    max_prompt_length: PositiveInt | None = None
     max_completion_length: PositiveInt = 1024
-    epochs: Annotated[float, Field(gt=0)] = 1
-    max_steps: Annotated[int, Field(ge=-1)] = -1
-    lora: LoraSection = LoraSection()
+    # Drop truncated completions from the loss (they never close </answer>).
+    mask_truncated_completions: bool = False
+    init_model: str = "models/sft/final"
+    dataset: str = "data/dataset"
+    frames: str = "data/frames"
+    out: str = "models/grpo"
+    # Log a table of sample completions with every reward every N steps.
+    completions_every: PositiveInt = 10
+    use_vllm: bool = False
 
     @field_validator("temperature")
     @classmethod
@@ -212,6 +392,16 @@ class GrpoSection(Section):
         if not math.isfinite(v):
             raise ValueError(f"must be finite, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _generation_batch_fits_groups(self) -> GrpoSection:
+        batch = self.per_device_batch_size * self.gradient_accumulation_steps
+        if batch % self.group_size:
+            raise ValueError(
+                f"per_device_batch_size x gradient_accumulation_steps ({batch}) must be a multiple "
+                f"of group_size ({self.group_size}): each prompt's group is generated together"
+            )
+        return self
 
 
 # ------------------------------------------------------------------------- tracking
@@ -228,6 +418,10 @@ class Params(Section):
     tiny_models: TinyModelsSection = TinyModelsSection()
     demo: DemoSection = DemoSection()
     video: VideoSection = VideoSection()
+    ingest: IngestSection = IngestSection()
+    frames: FramesSection = FramesSection()
+    annotate: AnnotateSection = AnnotateSection()
+    synthesize: SynthesizeSection = SynthesizeSection()
     rewards: RewardsSection = RewardsSection()
     sft: SftSection = SftSection()
     grpo: GrpoSection = GrpoSection()

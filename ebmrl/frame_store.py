@@ -92,3 +92,245 @@ def require_clips(store: FrameStore, clip_ids: Iterable[str]) -> None:
             f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         )
         raise MissingClipError(shown, f"entries ({len(missing)} clips)")
+
+
+# ------------------------------------------------------------------ on-disk, sharded
+# Written by the frames stage, read by everything downstream. Layout of a store folder:
+#
+#   index.json              the commit point: settings, and per clip its shard, content
+#                           hash, frame indices and timestamps (seconds)
+#   shards/shard-NNNNN.npz  many clips per file (DVC slows down on many small files):
+#                           members frames/<clip_id> (T,H,W,3) uint8,
+#                           embeddings/<clip_id> (T,D) float32, and meta (JSON)
+#
+# Each shard is written atomically and describes itself (meta), so a run that dies
+# keeps its finished shards and the next run reuses them; index.json is written last.
+
+STORE_FORMAT = "ebmrl-frames/1"
+INDEX_NAME = "index.json"
+SHARDS_DIR = "shards"
+
+
+class FrameStoreError(RuntimeError):
+    """The store folder is missing or unreadable; the message names the path."""
+
+
+def _read_shard_meta(path) -> dict:
+    import json
+
+    with np.load(path, allow_pickle=False) as npz:
+        return json.loads(bytes(npz["meta"]).decode("utf-8"))
+
+
+class ShardedFrameStore:
+    """Read side of the on-disk store (``ShardedFrameStore.open(folder)``).
+
+    Embeddings are small and read often (every reward batch): they are kept in memory
+    after the first read. Frames are decompressed from their shard on each call. Safe to
+    share between threads and to pickle (open files are not carried along).
+    """
+
+    def __init__(self, root, index: dict):
+        import threading
+        from pathlib import Path
+
+        self.root = Path(root)
+        self._index = index
+        self._clips: dict[str, dict] = index["clips"]
+        self._open: dict[str, object] = {}
+        self._embeddings: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, root) -> ShardedFrameStore:
+        import json
+        from pathlib import Path
+
+        root = Path(root)
+        index_path = root / INDEX_NAME
+        if not index_path.is_file():
+            raise FrameStoreError(
+                f"no frame store at {root} (missing {INDEX_NAME}: did the frames stage run?)"
+            )
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise FrameStoreError(f"{index_path}: unreadable: {exc}") from None
+        if index.get("format") != STORE_FORMAT:
+            raise FrameStoreError(
+                f"{index_path}: format {index.get('format')!r}, expected {STORE_FORMAT!r}"
+            )
+        return cls(root, index)
+
+    # pickling (e.g. DataLoader workers): reopen shards lazily on the other side
+    def __getstate__(self) -> dict:
+        return {"root": str(self.root), "index": self._index}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["root"], state["index"])
+
+    @property
+    def settings(self) -> dict:
+        """How the frames were made: schedule, size budget, CLIP model (and its hash)."""
+        return dict(self._index.get("settings", {}))
+
+    def clip_ids(self) -> list[str]:
+        return sorted(self._clips)
+
+    def info(self, clip_id: str) -> dict:
+        try:
+            return dict(self._clips[clip_id])
+        except KeyError:
+            raise MissingClipError(clip_id, "frames") from None
+
+    def frame_indices(self, clip_id: str) -> list[int]:
+        return list(self.info(clip_id)["indices"])
+
+    def timestamps(self, clip_id: str) -> list[float]:
+        """Seconds from the start of the clip of each stored frame."""
+        return list(self.info(clip_id)["timestamps"])
+
+    def _member(self, clip_id: str, kind: str, what: str) -> np.ndarray:
+        entry = self._clips.get(clip_id)
+        if entry is None:
+            raise MissingClipError(clip_id, what)
+        with self._lock:
+            npz = self._open.get(entry["shard"])
+            if npz is None:
+                path = self.root / SHARDS_DIR / entry["shard"]
+                try:
+                    npz = np.load(path, allow_pickle=False)
+                except OSError as exc:
+                    raise FrameStoreError(
+                        f"{path}: cannot open shard of clip {clip_id!r}: {exc}"
+                    ) from None
+                self._open[entry["shard"]] = npz
+            return npz[f"{kind}/{clip_id}"]
+
+    def frames(self, clip_id: str) -> np.ndarray:
+        return self._member(clip_id, "frames", "frames")
+
+    def embeddings(self, clip_id: str) -> np.ndarray:
+        cached = self._embeddings.get(clip_id)
+        if cached is None:
+            cached = self._member(clip_id, "embeddings", "frame embeddings")
+            self._embeddings[clip_id] = cached
+        return cached
+
+    def close(self) -> None:
+        with self._lock:
+            for npz in self._open.values():
+                npz.close()
+            self._open.clear()
+
+    def __enter__(self) -> ShardedFrameStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ShardWriter:
+    """Write side: buffer clips, write a shard when ``shard_size_bytes`` is reached, and
+    commit ``index.json`` in ``finish``. Shards of an earlier run with the same
+    ``settings`` are reused (``has``), so an interrupted run resumes where it stopped.
+    """
+
+    def __init__(
+        self, root, settings: dict, *, shard_size_bytes: int = 64 << 20, compress: bool = True
+    ):
+        import hashlib
+        import json
+        from pathlib import Path
+
+        self.root = Path(root)
+        self.shards = self.root / SHARDS_DIR
+        self.shards.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        self.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        self.shard_size_bytes = shard_size_bytes
+        self.compress = compress
+        self._entries: dict[str, dict] = {}  # clip_id -> index entry (with "shard")
+        self._buffer: list[tuple[str, np.ndarray, np.ndarray, dict]] = []
+        self._buffered_bytes = 0
+        self.reused = 0
+        self.written_shards = 0
+        numbers = [-1]
+        for path in sorted(self.shards.glob("shard-*.npz")):
+            numbers.append(int(path.stem.split("-")[1]))
+            try:
+                meta = _read_shard_meta(path)
+            except Exception:  # unreadable leftovers are replaced, never trusted
+                continue
+            if meta.get("settings_key") != self.key:
+                continue
+            for clip_id, entry in meta["clips"].items():
+                self._entries.setdefault(clip_id, {**entry, "shard": path.name})
+        self._next = max(numbers) + 1
+
+    def has(self, clip_id: str, sha256: str | None = None) -> bool:
+        entry = self._entries.get(clip_id)
+        return entry is not None and (sha256 is None or entry.get("sha256") == sha256)
+
+    def add(self, clip_id: str, frames: np.ndarray, embeddings: np.ndarray, entry: dict) -> None:
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        embeddings = l2_normalise(np.asarray(embeddings, dtype=np.float32))
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"clip {clip_id!r}: frames must be (T, H, W, 3), got {frames.shape}")
+        if embeddings.ndim != 2 or embeddings.shape[0] != frames.shape[0]:
+            raise ValueError(
+                f"clip {clip_id!r}: {embeddings.shape[0]} embeddings for {frames.shape[0]} frames"
+            )
+        self._buffer.append((clip_id, frames, embeddings, dict(entry)))
+        self._buffered_bytes += frames.nbytes + embeddings.nbytes
+        if self._buffered_bytes >= self.shard_size_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered clips as one shard (atomically)."""
+        import json
+
+        from ebmrl.io import atomic_path
+
+        if not self._buffer:
+            return
+        name = f"shard-{self._next:05d}.npz"
+        self._next += 1
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict = {"settings_key": self.key, "clips": {}}
+        for clip_id, frames, embeddings, entry in self._buffer:
+            arrays[f"frames/{clip_id}"] = frames
+            arrays[f"embeddings/{clip_id}"] = embeddings
+            meta["clips"][clip_id] = entry
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        save = np.savez_compressed if self.compress else np.savez
+        with atomic_path(self.shards / name) as tmp, open(tmp, "wb") as handle:
+            save(handle, **arrays)
+        for clip_id, entry in meta["clips"].items():
+            self._entries[clip_id] = {**entry, "shard": name}
+        self._buffer.clear()
+        self._buffered_bytes = 0
+        self.written_shards += 1
+
+    def finish(self, clip_ids) -> dict:
+        """Flush, write ``index.json`` listing exactly ``clip_ids``, delete unused shards."""
+        from ebmrl.io import write_json
+
+        self.flush()
+        wanted = sorted(set(clip_ids))
+        missing = [c for c in wanted if c not in self._entries]
+        if missing:
+            raise MissingClipError(", ".join(missing[:10]), "frames to index")
+        clips = {c: self._entries[c] for c in wanted}
+        index = {
+            "format": STORE_FORMAT,
+            "settings": self.settings,
+            "settings_key": self.key,
+            "clips": clips,
+        }
+        write_json(self.root / INDEX_NAME, index)
+        used = {entry["shard"] for entry in clips.values()}
+        for path in self.shards.glob("shard-*.npz"):
+            if path.name not in used:
+                path.unlink()
+        return index

@@ -46,3 +46,61 @@ def rp_sample_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"public samples not present at {path}")
     return path
+
+
+# ---------------------------------------------------------------- data stages (issue #4)
+@pytest.fixture(scope="session")
+def tiny_vlm_backend(tiny_models):
+    """The tiny Qwen2.5-VL as a local backend, loaded once per session."""
+    from ebmrl.backends.local import LocalVLMBackend
+
+    return LocalVLMBackend(str(tiny_models["vlm"]))
+
+
+@pytest.fixture
+def chat_server(tiny_vlm_backend):
+    """Factory: ``chat_server(fail_rate=..., latency_s=...)`` starts ``ebmrl.serve.ChatServer``
+    on 127.0.0.1 (free port) in a thread over the tiny VLM; stopped after the test."""
+    from ebmrl.serve import ChatServer, Faults
+
+    servers = []
+
+    def start(**faults):
+        server = ChatServer(
+            tiny_vlm_backend, model_name="tiny-vlm", faults=Faults(**faults)
+        ).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory, demo_data, tiny_models):
+    """The demo clips ingested and framed once: ``{"ingest": dir, "frames": dir, ...}``."""
+    from ebmrl.data import frames, ingest
+
+    root = tmp_path_factory.mktemp("demo_store")
+    result = ingest.ingest(
+        str(demo_data["videos"]), records=[str(demo_data["samples"])], extensions=["mp4"]
+    )
+    ingest.write_manifest(root / "ingest" / "manifest.parquet", result.clips)
+    from ebmrl.data.jsonl import write_samples
+
+    write_samples(root / "ingest" / "samples.jsonl", result.samples)
+    clips = [c for c in result.clips if c.status == "ok"]
+    tasks = [frames.FrameTask(c.clip_id, c.uri, c.sha256, c.width, c.height) for c in clips]
+    schedule = ((5.0, 4), (15.0, 8), (None, 8))
+    embedder = frames.ClipEmbedder.load(str(tiny_models["clip"]), None)
+    frames.build_store(
+        tasks,
+        root / "frames",
+        embedder=embedder,
+        settings=frames.store_settings(schedule, 100_352, str(tiny_models["clip"]), None),
+        schedule=schedule,
+        max_pixels=100_352,
+        workers=0,
+    )
+    return {"ingest": root / "ingest", "frames": root / "frames", "clips": clips, "result": result}

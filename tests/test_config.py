@@ -15,7 +15,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_shipped_params_are_valid_and_match_paper_defaults():
+def test_shipped_params_are_valid_and_match_paper_method():
     params = config.load(REPO_PARAMS)
     assert params.rewards.weights.model_dump() == {
         "answer": 1.0,
@@ -32,6 +32,14 @@ def test_shipped_params_are_valid_and_match_paper_defaults():
         (None, 32),
     ]
     assert params.models.vlm.startswith("models/tiny")
+
+
+def test_class_defaults_are_the_paper_recipe():
+    params = config.Params()
+    assert params.sft.learning_rate == 3e-6 and params.sft.epochs == 4
+    assert params.sft.per_device_batch_size * params.sft.gradient_accumulation_steps == 8
+    assert params.grpo.learning_rate == 5e-7 and params.grpo.max_completion_length == 1024
+    assert params.grpo.temperature == 1.0 and params.grpo.top_p == 0.95
 
 
 def test_empty_file_gives_defaults(tmp_path):
@@ -65,7 +73,9 @@ BAD_VALUES = [
     ("rewards.aggregation", "mean", ["rewards.aggregation", "'mean'"]),
     ("rewards.clip.mode", "avg", ["rewards.clip.mode", "'avg'"]),
     ("rewards.pcg.leak_filter.threshold", 2.0, ["rewards.pcg.leak_filter.threshold", "2.0"]),
-    ("sft.test_fraction", 1.0, ["sft.test_fraction", "1.0"]),
+    ("sft.warmup_ratio", 1.0, ["sft.warmup_ratio", "1.0"]),
+    ("sft.max_steps", 0, ["sft", "max_steps: 0 trains nothing"]),
+    ("grpo.per_device_batch_size", 3, ["grpo", "multiple of group_size"]),
     ("models.dtype", "fp8", ["models.dtype", "'fp8'"]),
     ("demo.num_clips", 1, ["demo.num_clips", "1"]),
     ("demo.width", 96, ["demo.width", "multiple of 64"]),

@@ -1,0 +1,146 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from ebmrl import video
+from ebmrl.data import frames
+from ebmrl.frame_store import (
+    FrameStore,
+    FrameStoreError,
+    MissingClipError,
+    ShardedFrameStore,
+    ShardWriter,
+)
+
+SCHEDULE = ((5.0, 4), (15.0, 8), (None, 8))
+
+
+def build(tasks, out, embedder, workers=0, shard_mb=64.0, schedule=SCHEDULE, clip="tiny-clip"):
+    return frames.build_store(
+        tasks,
+        out,
+        embedder=embedder,
+        settings={"schedule": [list(s) for s in schedule], "clip": clip},
+        schedule=schedule,
+        max_pixels=100_352,
+        workers=workers,
+        shard_size_bytes=int(shard_mb * (1 << 20)),
+    )
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_models):
+    return frames.ClipEmbedder.load(str(tiny_models["clip"]), None, batch_size=5)
+
+
+@pytest.fixture(scope="module")
+def tasks(demo_store):
+    return [
+        frames.FrameTask(c.clip_id, c.uri, c.sha256, c.width, c.height) for c in demo_store["clips"]
+    ]
+
+
+def test_store_holds_sampled_frames_and_normalised_clip_embeddings(demo_store, embedder):
+    store = ShardedFrameStore.open(demo_store["frames"])
+    assert isinstance(store, FrameStore)
+    clips = {c.clip_id: c for c in demo_store["clips"]}
+    assert store.clip_ids() == sorted(clips)
+    for clip_id, clip in clips.items():
+        stored = store.frames(clip_id)
+        expected, indices, info = video.sample_frames(clip.uri, schedule=SCHEDULE)
+        assert stored.dtype == np.uint8 and np.array_equal(stored, expected)  # lossless
+        assert len(stored) == video.frames_for_duration(info.duration_s, SCHEDULE)
+        assert store.frame_indices(clip_id) == indices
+        assert store.timestamps(clip_id) == pytest.approx([i / info.fps for i in indices])
+        emb = store.embeddings(clip_id)
+        assert emb.dtype == np.float32 and emb.shape[0] == len(stored)
+        assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+        assert np.allclose(emb, embedder(stored), atol=1e-5)  # what CLIP gives directly
+    with pytest.raises(MissingClipError, match="nope"):
+        store.frames("nope")
+    with pytest.raises(MissingClipError, match="frame embeddings"):
+        store.embeddings("nope")
+    copy = pickle.loads(pickle.dumps(store))  # e.g. DataLoader workers
+    assert np.array_equal(copy.frames(store.clip_ids()[0]), store.frames(store.clip_ids()[0]))
+
+
+def test_many_clips_per_shard_and_small_shards_split(tmp_path, tasks, embedder):
+    report = build(tasks, tmp_path / "one", embedder)
+    assert report.shards_written == 1 and len(list((tmp_path / "one" / "shards").iterdir())) == 1
+    report = build(tasks, tmp_path / "many", embedder, shard_mb=0.2)
+    assert report.shards_written > 1
+    store = ShardedFrameStore.open(tmp_path / "many")
+    assert len({store.info(c)["shard"] for c in store.clip_ids()}) == report.shards_written
+    reference = ShardedFrameStore.open(tmp_path / "one")
+    for clip_id in store.clip_ids():
+        assert np.array_equal(store.frames(clip_id), reference.frames(clip_id))
+
+
+def test_two_workers_give_the_same_store_as_one_process(tmp_path, tasks, embedder):
+    build(tasks, tmp_path / "inline", embedder, workers=0)
+    build(tasks, tmp_path / "pool", embedder, workers=2)
+    a, b = ShardedFrameStore.open(tmp_path / "inline"), ShardedFrameStore.open(tmp_path / "pool")
+    assert a.clip_ids() == b.clip_ids()
+    for clip_id in a.clip_ids():
+        assert np.array_equal(a.frames(clip_id), b.frames(clip_id))
+        assert np.allclose(a.embeddings(clip_id), b.embeddings(clip_id))
+
+
+def test_interrupted_run_keeps_shards_and_resumes(tmp_path, tasks, embedder):
+    out = tmp_path / "store"
+    broken = frames.FrameTask("broken", str(tmp_path / "missing.mp4"), "0" * 64, 96, 72)
+    with pytest.raises(frames.FramesError, match="broken"):
+        build([*tasks[:3], broken], out, embedder, shard_mb=0.01)
+    assert not (out / "index.json").exists()  # not committed
+    with pytest.raises(FrameStoreError, match="did the frames stage run"):
+        ShardedFrameStore.open(out)
+    report = build(tasks, out, embedder, shard_mb=0.01)
+    assert report.reused == 3 and report.decoded == len(tasks) - 3
+    again = build(tasks, out, embedder)
+    assert again.reused == len(tasks) and again.decoded == 0 and again.shards_written == 0
+    # New settings: every clip is recomputed and the old shards go away.
+    changed = build(tasks[:2], out, embedder, clip="another-clip")
+    assert changed.reused == 0
+    store = ShardedFrameStore.open(out)
+    assert store.clip_ids() == sorted(t.clip_id for t in tasks[:2])
+    assert len(list((out / "shards").glob("*.npz"))) == 1
+    assert json.loads((out / "index.json").read_text())["settings"]["clip"] == "another-clip"
+
+
+def test_writer_checks_shapes(tmp_path):
+    writer = ShardWriter(tmp_path, {"x": 1})
+    with pytest.raises(ValueError, match="2 embeddings for 3 frames"):
+        writer.add("c", np.zeros((3, 4, 4, 3), np.uint8), np.ones((2, 8)), {})
+
+
+@pytest.mark.parametrize(
+    ("size", "budget", "expected"),
+    [((96, 72), 100_352, None), ((1920, 1080), 100_352, (422, 236)), ((640, 480), 640 * 480, None)],
+)
+def test_fit_size(size, budget, expected):
+    fitted = frames.fit_size(*size, budget)
+    assert fitted == expected
+    if fitted:
+        assert fitted[0] * fitted[1] <= budget and fitted[0] % 2 == 0 == fitted[1] % 2
+
+
+def test_frames_stage_with_real_h264_clip_is_resized(tmp_path, embedder):
+    from test_ingest import real_clip
+
+    path = real_clip("bikes.mp4")
+    info = video.probe(path)
+    task = frames.FrameTask("bikes", str(path), None, info.width, info.height)
+    frames.build_store(
+        [task],
+        tmp_path,
+        embedder=embedder,
+        settings={},
+        schedule=SCHEDULE,
+        max_pixels=64 * 48,
+        workers=0,
+    )
+    stored = ShardedFrameStore.open(tmp_path).frames("bikes")
+    assert stored.shape[1] * stored.shape[2] <= 64 * 48
+    assert stored.shape[0] == video.frames_for_duration(info.duration_s, SCHEDULE)

