@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -61,23 +62,52 @@ class CharacterProfile(BaseModel):
         return "\n".join(lines)
 
 
-ClipStatus = Literal["ok", "quarantined"]
+# Columns of the ingest manifest, in order.
+MANIFEST_COLUMNS = (
+    "clip_id",
+    "uri",
+    "sha256",
+    "size_bytes",
+    "duration_s",
+    "fps",
+    "width",
+    "height",
+    "num_frames",
+    "session_id",
+    "status",
+    "reason",
+)
 
 
-class Clip(Record):
-    """One video clip as recorded by ingest."""
+@dataclass
+class Clip:
+    """One video clip as recorded by ingest (a manifest row).
+
+    ``status`` is ``"ok"`` or ``"quarantined"`` (then ``reason`` says why); ``clip_id`` is
+    derived from the content hash, so renaming a file changes nothing.
+    """
 
     clip_id: str
     uri: str
-    sha256: str
+    sha256: str | None
+    size_bytes: int | None = None
     duration_s: float | None = None
     fps: float | None = None
     width: int | None = None
     height: int | None = None
     num_frames: int | None = None
     session_id: str | None = None
-    status: ClipStatus = "ok"
+    status: str = "ok"
     reason: str | None = None
+    rel: str = field(default="", repr=False)  # path under the source root (not stored)
+
+    def quarantine(self, reason: str) -> Clip:
+        self.status, self.reason = "quarantined", reason
+        return self
+
+    def row(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: data[k] for k in MANIFEST_COLUMNS}
 
 
 # Field order of a released record, for readable exports.

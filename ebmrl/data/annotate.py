@@ -20,8 +20,8 @@ import numpy as np
 
 from ebmrl import prompts
 from ebmrl.backends import ChatRequest, GenerationClient, Message, cache_key, map_concurrent
-from ebmrl.data.ingest import ClipRecord
 from ebmrl.frame_store import FrameStore
+from ebmrl.schema import Clip
 from ebmrl.video import uniform_indices
 
 SYSTEM_PROMPT = "annotate_system"
@@ -86,7 +86,7 @@ class AnnotateResult:
 
 
 def annotate_clips(
-    clips: Sequence[ClipRecord],
+    clips: Sequence[Clip],
     store: FrameStore,
     client: GenerationClient,
     settings: AnnotateSettings,
@@ -99,12 +99,12 @@ def annotate_clips(
     prompt_hash = settings.prompt_hash()
     model_id = client.backend.model_id
 
-    def key_of(clip: ClipRecord) -> str:
+    def key_of(clip: Clip) -> str:
         return cache_key(str(clip.sha256), prompt_hash, model_id)
 
     todo = [c for c in clips if client.cached(key_of(c)) is None]
 
-    def describe(clip: ClipRecord) -> str:
+    def describe(clip: Clip) -> str:
         frames = pick_frames(store.frames(clip.clip_id), settings.max_frames)
         request = annotation_request(frames, settings, str(clip.sha256))
         return client.generate(request, key=key_of(clip), clip_id=clip.clip_id, sha256=clip.sha256)

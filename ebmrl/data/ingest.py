@@ -19,27 +19,13 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ebmrl import video
-from ebmrl.schema import Sample, SchemaError
+from ebmrl.schema import MANIFEST_COLUMNS, Clip, Sample, SchemaError
 
-MANIFEST_COLUMNS = (
-    "clip_id",
-    "uri",
-    "sha256",
-    "size_bytes",
-    "duration_s",
-    "fps",
-    "width",
-    "height",
-    "num_frames",
-    "session_id",
-    "status",
-    "reason",
-)
 CHUNK = 1 << 20
 
 
@@ -57,42 +43,15 @@ class Limits:
 
 
 @dataclass
-class ClipRecord:
-    """One manifest row."""
-
-    clip_id: str
-    uri: str
-    sha256: str | None
-    size_bytes: int | None = None
-    duration_s: float | None = None
-    fps: float | None = None
-    width: int | None = None
-    height: int | None = None
-    num_frames: int | None = None
-    session_id: str | None = None
-    status: str = "ok"
-    reason: str | None = None
-    rel: str = field(default="", repr=False)  # path under the source root (not stored)
-
-    def quarantine(self, reason: str) -> ClipRecord:
-        self.status, self.reason = "quarantined", reason
-        return self
-
-    def row(self) -> dict[str, Any]:
-        data = asdict(self)
-        return {k: data[k] for k in MANIFEST_COLUMNS}
-
-
-@dataclass
 class IngestResult:
-    clips: list[ClipRecord]
+    clips: list[Clip]
     samples: list[Sample]
     duplicates: list[dict[str, str]]
     ignored: list[str]
     rejected_records: list[dict[str, Any]]
 
     @property
-    def quarantined(self) -> list[ClipRecord]:
+    def quarantined(self) -> list[Clip]:
         return [c for c in self.clips if c.status != "ok"]
 
     def report(self) -> dict[str, Any]:
@@ -258,10 +217,10 @@ def clip_id_for(sha256: str) -> str:
     return sha256[:16]
 
 
-def inspect_file(item: Listed, limits: Limits, verify_decode: bool, tmp_dir: str) -> ClipRecord:
+def inspect_file(item: Listed, limits: Limits, verify_decode: bool, tmp_dir: str) -> Clip:
     """Hash, probe and check one file; never raises for a bad file (quarantines it)."""
     unreadable_id = "x" + hashlib.sha256(item.uri.encode()).hexdigest()[:15]
-    record = ClipRecord(clip_id=unreadable_id, uri=item.uri, sha256=None, rel=item.rel)
+    record = Clip(clip_id=unreadable_id, uri=item.uri, sha256=None, rel=item.rel)
     if item.escapes:
         return record.quarantine(f"path escapes the source root: {item.escapes}")
     local = None
@@ -336,7 +295,7 @@ def resolve_video_path(records_uri: str, video_path: str) -> tuple[str | None, s
 
 
 def import_records(
-    records_uris: Iterable[str], clips_by_key: dict[str, ClipRecord]
+    records_uris: Iterable[str], clips_by_key: dict[str, Clip]
 ) -> tuple[list[Sample], list[dict[str, Any]]]:
     """Samples from released-format files whose video was ingested fine; the rest rejected
     with a reason. Each sample gets the manifest's ``clip_id`` and ``uri``."""
@@ -385,7 +344,7 @@ def ingest(
     ]
     ignored = [i.uri for i in listed if i not in candidates]
     with tempfile.TemporaryDirectory(prefix="ebmrl-ingest-") as tmp_dir:
-        inspect: Callable[[Listed], ClipRecord] = lambda item: inspect_file(  # noqa: E731
+        inspect: Callable[[Listed], Clip] = lambda item: inspect_file(  # noqa: E731
             item, limits, verify_decode, tmp_dir
         )
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -396,9 +355,9 @@ def ingest(
                 results = tqdm(results, total=len(candidates), desc="probe videos", unit="file")
             inspected = list(results)
     # The same content is recorded once: the first path (sorted) stands for it.
-    clips: list[ClipRecord] = []
-    first_by_hash: dict[str, ClipRecord] = {}
-    clips_by_key: dict[str, ClipRecord] = {}
+    clips: list[Clip] = []
+    first_by_hash: dict[str, Clip] = {}
+    clips_by_key: dict[str, Clip] = {}
     duplicates = []
     for record in inspected:
         original = first_by_hash.get(record.sha256) if record.sha256 else None
@@ -417,7 +376,7 @@ def ingest(
     return IngestResult(clips, samples, duplicates, ignored, rejected)
 
 
-def assign_sessions(clips: list[ClipRecord], samples: list[Sample]) -> None:
+def assign_sessions(clips: list[Clip], samples: list[Sample]) -> None:
     """A clip's session: the first (by sample id) imported sample's session that uses it,
     else its folder under the source root (a file at the root is its own session)."""
     from_samples: dict[str, str] = {}
@@ -432,7 +391,7 @@ def assign_sessions(clips: list[ClipRecord], samples: list[Sample]) -> None:
 
 
 # --------------------------------------------------------------------------- output
-def manifest_table(clips: Iterable[ClipRecord]):
+def manifest_table(clips: Iterable[Clip]):
     import pyarrow as pa
 
     schema = pa.schema(
@@ -454,7 +413,7 @@ def manifest_table(clips: Iterable[ClipRecord]):
     return pa.Table.from_pylist([c.row() for c in clips], schema=schema)
 
 
-def write_manifest(path: str | Path, clips: Iterable[ClipRecord]) -> None:
+def write_manifest(path: str | Path, clips: Iterable[Clip]) -> None:
     import pyarrow.parquet as pq
 
     from ebmrl.io import atomic_path
@@ -463,7 +422,7 @@ def write_manifest(path: str | Path, clips: Iterable[ClipRecord]) -> None:
         pq.write_table(manifest_table(clips), tmp)
 
 
-def read_manifest(path: str | Path, *, ok_only: bool = False) -> list[ClipRecord]:
+def read_manifest(path: str | Path, *, ok_only: bool = False) -> list[Clip]:
     """Manifest rows as records (``ok_only``: the clips later stages may use)."""
     import pyarrow.parquet as pq
 
@@ -476,5 +435,5 @@ def read_manifest(path: str | Path, *, ok_only: bool = False) -> list[ClipRecord
     missing = [c for c in MANIFEST_COLUMNS if rows and c not in rows[0]]
     if missing:
         raise SchemaError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
-    clips = [ClipRecord(**{k: row[k] for k in MANIFEST_COLUMNS}) for row in rows]
+    clips = [Clip(**{k: row[k] for k in MANIFEST_COLUMNS}) for row in rows]
     return [c for c in clips if c.status == "ok"] if ok_only else clips

@@ -29,8 +29,7 @@ from typing import Any
 from ebmrl import prompts
 from ebmrl.backends import ChatRequest, GenerationClient, Message, map_concurrent
 from ebmrl.data.copycheck import copies_reply, copy_score
-from ebmrl.data.ingest import ClipRecord
-from ebmrl.schema import CharacterProfile, ProfileBook, Sample, Turn
+from ebmrl.schema import CharacterProfile, Clip, ProfileBook, Sample, Turn
 
 MAX_LINE_CHARS = 400
 
@@ -230,7 +229,7 @@ INSTRUCTIONS = {
 
 @dataclass(frozen=True)
 class DialogueJob:
-    clip: ClipRecord
+    clip: Clip
     description: str
     index: int  # k-th dialogue of this clip
     strategy: str
@@ -239,7 +238,7 @@ class DialogueJob:
 
 
 def plan_dialogues(
-    clips: Sequence[ClipRecord],
+    clips: Sequence[Clip],
     descriptions: dict[str, str],
     book: ProfileBook,
     film: str,
@@ -339,7 +338,7 @@ class SynthResult:
 
 def llm_samples(
     writer: Writer,
-    clips: Sequence[ClipRecord],
+    clips: Sequence[Clip],
     descriptions: dict[str, str],
     book: ProfileBook,
     film: str,
