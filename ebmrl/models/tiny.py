@@ -64,9 +64,17 @@ CHAT_TEMPLATE = (
 
 def tokenizer_corpus() -> list[str]:
     """Text the tiny tokenizers are trained on: our prompts, demo lines and tags."""
+    from importlib import resources
+
     from ebmrl.data import demo
 
+    templates = [
+        entry.read_text(encoding="utf-8")
+        for entry in resources.files("ebmrl.prompts").iterdir()
+        if entry.name.endswith(".txt")
+    ]
     lines = [
+        *templates,
         "<perception> </perception> <think> </think> <answer> </answer>",
         "You are playing a character in a conversation about a video clip you just saw.",
         "Write what you see, then what you think, then the line your character says.",
@@ -86,11 +94,11 @@ def tokenizer_corpus() -> list[str]:
         "and tense.</perception><think>The scene is dangerous. React to the fire.</think>"
         "<answer>Fire on the ground, get back now.</answer>"
     )
-    # Repetition makes the tags and common words single tokens.
+    # Repetition makes the tags, the prompt wording and common words single tokens.
     return lines * 3 + [formatted] * 20 + [f"{i} {i * 7} {i * 13}" for i in range(200)]
 
 
-def train_bpe_tokenizer(vocab_size: int = 1024):
+def train_bpe_tokenizer(vocab_size: int = 2048):
     """A byte-level BPE ``PreTrainedTokenizerFast`` with Qwen's special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -117,7 +125,7 @@ def train_bpe_tokenizer(vocab_size: int = 1024):
     return tokenizer
 
 
-def build_qwen2_5_vl(out: str | Path, seed: int = 0, vocab_size: int = 1024) -> Path:
+def build_qwen2_5_vl(out: str | Path, seed: int = 0, vocab_size: int = 2048) -> Path:
     """Save a tiny Qwen2.5-VL (model, tokenizer, processor) to ``out``; return ``out``."""
     import torch
     from transformers import (

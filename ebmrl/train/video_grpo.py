@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
 from ebmrl.frame_store import FrameStore
@@ -133,6 +134,9 @@ class VideoGRPOTrainer(GRPOTrainer):
                     "prompts were tokenized without their video (TRL internals changed?)"
                 )
             output.update(self._video_rows.as_batch_fields())
+            # Lets the completions table name the prompt each completion answers.
+            ids = gather_object([str(row.get("prompt_id", "")) for row in inputs])
+            self._logs["extra"]["prompt_id"].extend(ids)
         finally:
             self._pending_videos = None
             self._video_rows = None

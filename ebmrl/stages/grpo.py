@@ -1,0 +1,84 @@
+"""``ebmrl grpo``: EBM-RL GRPO on video with the four rewards (params: ``grpo``,
+``rewards``, ``models``, ``tracking``).
+
+Starts from the SFT checkpoint (``grpo.init_model``), also the frozen reference for the
+KL term and the PCG reward (the PCG scorer reuses the trainer's reference model).
+Checkpoints every ``grpo.save_steps``; a rerun after a crash resumes from the last one
+and stops at the configured step count. Writes ``<grpo.out>/final``,
+``metrics/grpo.json`` (first- vs last-window reward means, per component) and
+``metrics/grpo_log.json`` (every logged step, for ``dvc plots``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ebmrl.config import Params
+
+HELP = "EBM-RL GRPO: format, answer (BERTScore), CLIP and PCG rewards on video"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--metrics", default="metrics/grpo.json", help="default: %(default)s")
+    parser.add_argument(
+        "--log-history", default="metrics/grpo_log.json", help="default: %(default)s"
+    )
+
+
+def run(params: Params, args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from ebmrl import tracking
+    from ebmrl.io import write_json
+    from ebmrl.models import load_vlm
+    from ebmrl.stages.inputs import load_training_inputs
+    from ebmrl.train.grpo import train_grpo
+
+    section, models = params.grpo, params.models
+    state = PartialState()
+    if section.torch_threads:
+        import torch
+
+        torch.set_num_threads(section.torch_threads)
+    inputs = load_training_inputs(section.dataset, section.frames)
+    model, processor = load_vlm(
+        section.init_model,
+        dtype=models.dtype,
+        device=models.device,
+        attn_implementation=models.attn_implementation,
+    )
+    tracked = not args.no_tracking and state.is_main_process
+    logged = {
+        "grpo": section.model_dump(),
+        "rewards": params.rewards.model_dump(),
+        "models": models.model_dump(),
+    }
+    with tracking.stage_run("grpo", params.tracking, logged, enabled=tracked) as mlflow:
+
+        def add_completions_table(trainer):
+            if mlflow is not None:
+                trainer.add_callback(
+                    tracking.completions_callback(trainer, section.completions_every)
+                )
+
+        result = train_grpo(
+            params,
+            inputs,
+            model=model,
+            processor=processor,
+            report_to=["mlflow"] if tracked else [],
+            trainer_hook=add_completions_table,
+            is_main_process=state.is_main_process,
+        )
+        if mlflow is not None:
+            numbers = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
+            mlflow.log_metrics({f"summary/{k}": v for k, v in numbers.items()})
+            mlflow.set_tag("ebmrl.model_path", str(result.final_dir.resolve()))
+    if state.is_main_process:
+        write_json(args.metrics, result.metrics)
+        write_json(args.log_history, result.log_history)
+        print(json.dumps(result.metrics, indent=2))
+        print(f"GRPO model: {result.final_dir}")
+    return 0

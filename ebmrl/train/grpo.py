@@ -1,0 +1,151 @@
+"""EBM-RL GRPO on video: rewards wired to the trainer, the reference model shared."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ebmrl.config import Params
+from ebmrl.frame_store import FrameStore, require_clips
+from ebmrl.io import atomic_path
+from ebmrl.train.configs import grpo_args, last_checkpoint, lora_config
+from ebmrl.train.inputs import TrainingInputs
+from ebmrl.train.prompting import grpo_row
+from ebmrl.train.sft import EmptyTrainingSet
+from ebmrl.train.summary import reward_summary
+from ebmrl.train.video_grpo import VideoGRPOTrainer
+
+
+@dataclass
+class GrpoResult:
+    metrics: dict[str, Any]
+    final_dir: Path
+    log_history: list[dict[str, Any]]
+    reward_names: list[str]
+
+
+def nonfinite_guard(func: Any) -> Any:
+    """Wrap a TRL reward function: NaN/inf become ``None`` and are counted.
+
+    TRL leaves a ``None`` out of that reward's group mean and std (and gives a completion
+    that every reward left out an advantage of 0), so a reward that fails on one
+    completion does not poison its whole group. The rate is logged as
+    ``rewards/<name>/nonfinite_rate``.
+    """
+    name = func.__name__
+
+    def guarded(*args: Any, log_metric: Any = None, **kwargs: Any) -> list[float | None]:
+        values = func(*args, log_metric=log_metric, **kwargs)
+        cleaned = [v if v is not None and math.isfinite(v) else None for v in values]
+        if log_metric is not None and values:
+            bad = sum(
+                1 for v, c in zip(values, cleaned, strict=True) if v is not None and c is None
+            )
+            log_metric(f"rewards/{name}/nonfinite_rate", bad / len(values))
+        return cleaned
+
+    guarded.__name__ = guarded.__qualname__ = name
+    guarded.__doc__ = func.__doc__
+    return guarded
+
+
+def build_rewards(params: Params, frame_store: FrameStore, processor: Any):
+    """Reward functions (loading only the reward models whose weight is not 0) and the PCG
+    scorer, whose model is bound once the trainer (and its reference model) exists."""
+    from ebmrl.rewards import loading
+    from ebmrl.rewards.trl_adapter import build_reward_funcs
+
+    weights = params.rewards.weights
+    pcg = loading.pcg_scorer(params, None, processor, frame_store) if weights.pcg else None
+    setup = build_reward_funcs(
+        params,
+        clip_encoder=loading.clip_encoder(params) if weights.clip else None,
+        frame_store=frame_store,
+        answer_scorer=loading.answer_scorer(params) if weights.answer else None,
+        pcg_scorer=pcg,
+        sentence_embedder=loading.sentence_embedder(params) if weights.pcg else None,
+    )
+    return setup, pcg
+
+
+def reference_model(trainer: Any, init_model: str, models: Any) -> Any:
+    """The frozen reference (the SFT checkpoint) for the PCG reward.
+
+    The trainer's own reference model when it has one (KL beta > 0, full fine-tuning);
+    otherwise a frozen copy is loaded, because with LoRA or beta = 0 the trainer keeps no
+    separate copy of the SFT checkpoint.
+    """
+    ref = getattr(trainer, "ref_model", None)
+    if ref is None:
+        from ebmrl.models import load_vlm
+
+        ref, _ = load_vlm(init_model, dtype=models.dtype, device=models.device)
+        ref.requires_grad_(False)
+    return trainer.accelerator.unwrap_model(ref).eval()
+
+
+def train_grpo(
+    params: Params,
+    inputs: TrainingInputs,
+    *,
+    model: Any,
+    processor: Any,
+    report_to: Sequence[str] = (),
+    callbacks: Sequence[Any] = (),
+    trainer_hook: Any = None,
+    is_main_process: bool = True,
+) -> GrpoResult:
+    """Run GRPO from ``model`` (loaded from ``params.grpo.init_model``) on ``inputs.train``.
+
+    ``trainer_hook(trainer)`` runs once the trainer exists (e.g. to add a callback that
+    needs it).
+    """
+    from datasets import Dataset
+
+    section, models = params.grpo, params.models
+    rows = [grpo_row(s, inputs.profiles) for s in inputs.train]
+    if not rows:
+        raise EmptyTrainingSet("the train split is empty: GRPO has no prompt to train on")
+    require_clips(inputs.frames, [r["clip_id"] for r in rows])
+    setup, pcg_scorer = build_rewards(params, inputs.frames, processor)
+    out = Path(section.out)
+    checkpoints = out / "checkpoints"
+    started = time.perf_counter()
+    trainer = VideoGRPOTrainer(
+        model=model,
+        reward_funcs=[nonfinite_guard(f) for f in setup.funcs],
+        args=grpo_args(section, models, checkpoints, list(report_to), setup.grpo_config_kwargs()),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=processor,
+        peft_config=lora_config(section.lora),
+        frame_store=inputs.frames,
+        callbacks=list(callbacks),
+    )
+    if pcg_scorer is not None:
+        pcg_scorer.model = reference_model(trainer, section.init_model, models)
+    if trainer_hook is not None:
+        trainer_hook(trainer)
+    resume = last_checkpoint(checkpoints)
+    if resume:
+        print(f"resuming GRPO from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+    history = list(trainer.state.log_history)
+    metrics = {
+        **reward_summary(history, setup.names),
+        "steps": trainer.state.global_step,
+        "train_prompts": len(rows),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    final_dir = out / "final"
+    if is_main_process:
+        trained = trainer.model
+        if hasattr(trained, "merge_and_unload"):
+            trained = trained.merge_and_unload()
+        with atomic_path(final_dir, is_dir=True) as tmp:
+            trained.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+    return GrpoResult(metrics, final_dir, [e for e in history if "reward" in e], setup.names)

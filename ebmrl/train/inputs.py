@@ -1,0 +1,16 @@
+"""What a training stage works on, however it was loaded (disk, S3, or built in a test)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ebmrl.frame_store import FrameStore
+from ebmrl.schema import ProfileBook, Sample
+
+
+@dataclass
+class TrainingInputs:
+    train: list[Sample]
+    test: list[Sample]
+    frames: FrameStore
+    profiles: ProfileBook = field(default_factory=ProfileBook)
