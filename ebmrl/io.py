@@ -29,6 +29,8 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp/mkdtemp create owner-only entries; give outputs the usual permissions.
+        tmp.chmod((0o777 if is_dir else 0o666) & ~_umask())
         if is_dir:
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
@@ -46,6 +48,12 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

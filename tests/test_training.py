@@ -32,7 +32,7 @@ REWARDS = ("format", "answer", "clip", "pcg")
 # Sized for the tiny random-weight model (see params.yaml): high learning rates, short runs.
 SFT_SETTINGS = {
     "learning_rate": 5e-3,
-    "epochs": 30,
+    "epochs": 25,
     "per_device_batch_size": 4,
     "gradient_accumulation_steps": 1,
     "warmup_ratio": 0.05,
@@ -42,7 +42,7 @@ SFT_SETTINGS = {
     "eval_max_new_tokens": 160,
 }
 GRPO_SETTINGS = {
-    "learning_rate": 5e-4,
+    "learning_rate": 1e-4,
     "lr_scheduler": "constant",
     "warmup_ratio": 0.0,
     "per_device_batch_size": 8,
@@ -54,20 +54,48 @@ GRPO_SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, demo_store, demo_data):
+def demo_training_set(tmp_path_factory, tiny_models):
+    """A larger demo than the session one (the format must be learnable from it): rendered,
+    ingested and framed with the real stage functions."""
+    from ebmrl.data import demo, frames, ingest
+
+    root = tmp_path_factory.mktemp("training_demo")
+    paths = demo.generate(root / "demo", seed=1, num_clips=16, num_sessions=4, samples_per_clip=2)
+    result = ingest.ingest(str(paths["videos"]), records=[str(paths["samples"])], extensions=["mp4"])
+    clips = [c for c in result.clips if c.status == "ok"]
+    tasks = [frames.FrameTask(c.clip_id, c.uri, c.sha256, c.width, c.height) for c in clips]
+    schedule = ((5.0, 4), (15.0, 8), (None, 8))
+    frames.build_store(
+        tasks,
+        root / "frames",
+        embedder=frames.ClipEmbedder.load(str(tiny_models["clip"]), None),
+        settings=frames.store_settings(schedule, 100_352, str(tiny_models["clip"]), None),
+        schedule=schedule,
+        max_pixels=100_352,
+        workers=0,
+    )
+    return {"samples": result.samples, "profiles": paths["profiles"], "frames": root / "frames"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, demo_training_set):
     """The demo samples split by session, written as the synthesize stage writes them."""
-    samples = demo_store["result"].samples
-    train, test = split_by_session(samples, test_fraction=0.34, seed=0)
+    train, test = split_by_session(demo_training_set["samples"], test_fraction=0.25, seed=0)
     folder = tmp_path_factory.mktemp("dataset")
-    write_dataset(folder, {"train": train, "test": test}, load_profiles(demo_data["profiles"]))
+    write_dataset(folder, {"train": train, "test": test}, load_profiles(demo_training_set["profiles"]))
     return folder
 
 
 @pytest.fixture(scope="module")
-def inputs(dataset, demo_store):
+def frames_dir(demo_training_set):
+    return demo_training_set["frames"]
+
+
+@pytest.fixture(scope="module")
+def inputs(dataset, frames_dir):
     from ebmrl.stages.inputs import load_training_inputs
 
-    return load_training_inputs(str(dataset), str(demo_store["frames"]))
+    return load_training_inputs(str(dataset), str(frames_dir))
 
 
 def params_for(tmp_path: Path, tiny_models, **sections) -> config.Params:
@@ -241,12 +269,12 @@ def stage_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_grpo_stage_tracks_every_reward_and_the_completions_table(
-    tmp_path, tiny_models, dataset, demo_store, sft_result
+    tmp_path, tiny_models, dataset, frames_dir, sft_result
 ):
     import mlflow
 
     params = write_params(
-        tmp_path / "params.yaml", tmp_path, tiny_models, dataset, demo_store["frames"],
+        tmp_path / "params.yaml", tmp_path, tiny_models, dataset, frames_dir,
         sft_result.final_dir, max_steps=4, completions_every=2, gradient_accumulation_steps=1,
     )  # fmt: skip
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -290,10 +318,10 @@ def test_grpo_stage_tracks_every_reward_and_the_completions_table(
 
 @pytest.mark.slow
 def test_grpo_resumes_after_kill_9_and_ends_at_the_configured_step(
-    tmp_path, tiny_models, dataset, demo_store, sft_result
+    tmp_path, tiny_models, dataset, frames_dir, sft_result
 ):
     params = write_params(
-        tmp_path / "params.yaml", tmp_path, tiny_models, dataset, demo_store["frames"],
+        tmp_path / "params.yaml", tmp_path, tiny_models, dataset, frames_dir,
         sft_result.final_dir, max_steps=6, save_steps=2, gradient_accumulation_steps=1,
     )  # fmt: skip
     command = [str(BIN / "ebmrl"), "--params", str(params), "grpo", "--no-tracking",
@@ -329,10 +357,10 @@ def test_grpo_resumes_after_kill_9_and_ends_at_the_configured_step(
 
 @pytest.mark.slow
 def test_grpo_runs_under_accelerate_with_two_cpu_processes(
-    tmp_path, tiny_models, dataset, demo_store, sft_result
+    tmp_path, tiny_models, dataset, frames_dir, sft_result
 ):
     params = write_params(
-        tmp_path / "params.yaml", tmp_path, tiny_models, dataset, demo_store["frames"],
+        tmp_path / "params.yaml", tmp_path, tiny_models, dataset, frames_dir,
         sft_result.final_dir, max_steps=2, gradient_accumulation_steps=1,
     )  # fmt: skip
     command = [
