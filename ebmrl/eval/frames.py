@@ -1,0 +1,51 @@
+"""Frames for evaluation: a few frames spread over the clip, shrunk for a judge or a report."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+
+from ebmrl.video import uniform_indices
+
+
+def spread(frames: np.ndarray, count: int) -> np.ndarray:
+    """At most ``count`` of ``frames`` (``(T, H, W, 3)``), evenly spread over the clip."""
+    frames = np.asarray(frames)
+    if count <= 0:
+        raise ValueError(f"count must be positive, got {count}")
+    if len(frames) <= count:
+        return frames
+    return frames[uniform_indices(len(frames), count)]
+
+
+def shrink(frames: np.ndarray, max_side: int) -> np.ndarray:
+    """Frames resized so that the longer side is at most ``max_side`` (never enlarged)."""
+    from PIL import Image
+
+    frames = np.asarray(frames, dtype=np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3), got {frames.shape}")
+    height, width = frames.shape[1:3]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return frames
+    size = (max(2, round(width * scale)), max(2, round(height * scale)))
+    return np.stack(
+        [np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC), dtype=np.uint8) for f in frames]
+    )
+
+
+def judge_frames(frames: np.ndarray, count: int = 8, max_side: int = 448) -> np.ndarray:
+    """What a judge sees of a clip: ``count`` evenly spread frames, shrunk to ``max_side``."""
+    return shrink(spread(frames, count), max_side)
+
+
+def jpeg_data_url(frame: np.ndarray, quality: int = 80) -> str:
+    """One frame as an inline ``data:image/jpeg;base64,...`` URL (for offline HTML)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,328 @@
+"""The evaluation as one static HTML page that renders offline (no script, no CDN).
+
+``render_report(data)`` turns the evaluation's data (see ``ebmrl.eval.evaluation``:
+summaries, per-sample records with inline frame thumbnails) into a self-contained page:
+a summary table first, then what could not be scored and why, pairwise and VideoQA
+results, charts (inline SVG), and one card per sample with its frames, both character
+sheets, the conversation, the reference, and every system's perception, thinking,
+answer and scores side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from html import escape
+from typing import Any
+
+from ebmrl.eval import svg
+
+JUDGE_LABELS = {"veg": "VEG", "spc": "SPC", "cn": "CN", "mean": "Mean"}
+AUTO_COLUMNS = (
+    ("bertscore_f1", "BERTScore F1", 3),
+    ("rouge_l", "ROUGE-L", 3),
+    ("clipscore", "CLIPScore", 3),
+    ("format_ok", "Format rate", 2),
+    ("answer_words", "Answer words", 1),
+    ("distinct_1", "Distinct-1", 2),
+    ("distinct_2", "Distinct-2", 2),
+)
+
+CSS = """
+body { font-family: Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1400px;
+  color: #222; background: #fafafa; padding: 0 16px; }
+h1 { margin-bottom: 4px; } h2 { margin-top: 32px; border-bottom: 2px solid #ddd; }
+.info { color: #555; margin: 0 0 16px; }
+table { border-collapse: collapse; background: #fff; margin: 8px 0; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: right; font-size: 14px; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f0f0f0; }
+td.best { font-weight: bold; background: #eef6ee; }
+.na { color: #a33; }
+.small { font-size: 12px; color: #666; }
+.gap { color: #a33; }
+.card { background: #fff; border: 1px solid #ddd; border-radius: 6px; margin: 18px 0;
+  padding: 12px 16px; }
+.card h3 { margin: 0 0 8px; }
+.frames { display: flex; gap: 4px; overflow-x: auto; margin: 6px 0 10px; }
+.frames img { height: 84px; border-radius: 3px; border: 1px solid #ccc; }
+.context { display: grid; grid-template-columns: 1fr 1fr 1fr; gap: 12px; font-size: 13px; }
+.context pre { white-space: pre-wrap; font-family: inherit; margin: 4px 0; }
+.systems { display: grid; gap: 10px; margin-top: 10px; }
+.system { border: 1px solid #e3e3e3; border-radius: 5px; padding: 8px 10px; font-size: 13px;
+  background: #fcfcfc; }
+.system h4 { margin: 0 0 6px; }
+.block { margin: 4px 0; white-space: pre-wrap; word-break: break-word; }
+.label { font-weight: bold; color: #555; font-size: 11px; text-transform: uppercase; }
+.answer { background: #fff8e1; padding: 4px 6px; border-radius: 3px; }
+.scores { margin-top: 6px; font-size: 12px; }
+.scores span { display: inline-block; margin: 2px 6px 2px 0; padding: 1px 6px;
+  border-radius: 3px; background: #eef; }
+.scores span.not { background: #fbe9e9; color: #a33; }
+.chart { background: #fff; border: 1px solid #ddd; padding: 8px; overflow-x: auto; }
+"""
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return escape(str(value))
+
+
+def _best(values: Mapping[str, Any]) -> set[str]:
+    present = {k: v for k, v in values.items() if isinstance(v, int | float)}
+    if len(set(present.values())) < 2:  # nothing to single out
+        return set()
+    top = max(present.values())
+    return {k for k, v in present.items() if v == top}
+
+
+# -------------------------------------------------------------------- sections
+def summary_table(data: Mapping[str, Any]) -> str:
+    systems: Sequence[str] = data["systems"]
+    judge = data.get("judge") or {}
+    metrics = list(data.get("judge_metrics") or [])
+    judge_cols = [*metrics, "mean"] if judge else []
+    header = ["System"] + [JUDGE_LABELS.get(m, m.upper()) for m in judge_cols]
+    header += [label for _, label, _ in AUTO_COLUMNS]
+    rows = []
+    best = {m: _best({s: judge.get(s, {}).get(m) for s in systems}) for m in judge_cols}
+    auto = data.get("auto") or {}
+    best |= {k: _best({s: auto.get(s, {}).get(k) for s in systems}) for k, _, _ in AUTO_COLUMNS}
+    for system in systems:
+        cells = [f"<td>{escape(system)}</td>"]
+        for metric in judge_cols:
+            entry = judge.get(system, {})
+            value = entry.get(metric)
+            note = ""
+            if metric != "mean":
+                scored = entry.get(f"{metric}_scored", 0)
+                total = scored + entry.get(f"{metric}_not_scored", 0)
+                note = f"<div class='small'>{scored}/{total} scored</div>"
+            klass = " class='best'" if system in best[metric] else ""
+            shown = _num(value, 1) if value is not None else "<span class='na'>not scored</span>"
+            cells.append(f"<td{klass}>{shown}{note}</td>")
+        for key, _, digits in AUTO_COLUMNS:
+            value = auto.get(system, {}).get(key)
+            klass = " class='best'" if system in best[key] else ""
+            cells.append(f"<td{klass}>{_num(value, digits)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    return f"<table id='summary'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def gaps_section(data: Mapping[str, Any]) -> str:
+    """What could not be scored, and why (the honest part of the report)."""
+    items = []
+    for system, entry in (data.get("judge") or {}).items():
+        for reason, count in entry.get("not_scored_reasons", {}).items():
+            items.append(
+                f"<li><b>{escape(system)}</b>: {count} judgement(s) not scored: {escape(reason)}</li>"
+            )
+    problems: dict[tuple[str, str], list[str]] = {}  # (who, why) -> sample keys
+    for sample in data.get("samples", []):
+        if sample.get("clip_problem"):
+            problems.setdefault(("every system", sample["clip_problem"]), []).append(sample["key"])
+            continue
+        for system, out in sample.get("systems", {}).items():
+            if out.get("error"):
+                problems.setdefault((system, out["error"]), []).append(sample["key"])
+    for (who, why), keys in problems.items():
+        shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+        items.append(
+            f"<li><b>{escape(who)}</b>: {escape(why)} <span class='small'>({len(keys)} "
+            f"sample(s): {escape(shown)})</span></li>"
+        )
+    for name, per_system in (data.get("videoqa") or {}).items():
+        for system, summary in per_system.items():
+            for reason, count in (summary.get("not_scored_reasons") or {}).items():
+                items.append(
+                    f"<li>VideoQA {escape(name)}, {escape(system)}: {count} question(s) not "
+                    f"scored: {escape(reason)}</li>"
+                )
+    if not items:
+        return "<p>Every sample and question was scored.</p>"
+    return f"<ul class='gap' id='gaps'>{''.join(items)}</ul>"
+
+
+def pairwise_table(pairwise: Mapping[str, Any]) -> str:
+    rows = []
+    for pair, per_metric in pairwise.items():
+        for metric, tally in per_metric.items():
+            rows.append(
+                "<tr>"
+                + f"<td>{escape(pair.replace('_vs_', ' vs '))}</td><td>{escape(metric.upper())}</td>"
+                + "".join(
+                    f"<td>{tally.get(k, 0)}</td>"
+                    for k in ("win", "tie", "loss", "not_scored", "position_flips")
+                )
+                + f"<td>{_num(tally.get('win_rate'), 2)}</td></tr>"
+            )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "Pair (first vs second)",
+            "Metric",
+            "Win",
+            "Tie",
+            "Loss",
+            "Not scored",
+            "Position flips",
+            "Win rate",
+        )
+    )
+    note = (
+        "<p class='small'>Each pair is judged in both orders; a verdict that follows the "
+        "position rather than the line (both orders prefer [A], or both [B]) counts as a tie "
+        "and as a position flip.</p>"
+    )
+    return f"{note}<table id='pairwise'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def videoqa_tables(videoqa: Mapping[str, Mapping[str, Any]]) -> str:
+    parts = []
+    for name, per_system in videoqa.items():
+        types = sorted({t for s in per_system.values() for t in (s.get("by_type") or {})})
+        head = ["System", "Accuracy", "Scored", "Unparseable", "Not scored"] + types
+        rows = []
+        for system, summary in per_system.items():
+            cells = [
+                escape(system),
+                _num(summary.get("accuracy"), 3),
+                f"{summary.get('scored', 0)}/{summary.get('questions', 0)}",
+                str(summary.get("unparseable", 0)),
+                str(summary.get("not_scored", 0)),
+            ]
+            for t in types:
+                entry = (summary.get("by_type") or {}).get(t)
+                cells.append(_num(entry.get("accuracy"), 3) if entry else "—")
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append(
+            f"<h3>{escape(name)}</h3><table class='videoqa'><tr>"
+            + "".join(f"<th>{escape(h)}</th>" for h in head)
+            + f"</tr>{''.join(rows)}</table>"
+        )
+    return "".join(parts)
+
+
+def _scores_line(out: Mapping[str, Any], metrics: Sequence[str]) -> str:
+    spans = []
+    for metric in metrics:
+        judged = (out.get("judge") or {}).get(metric)
+        if judged is None:
+            continue
+        label = JUDGE_LABELS.get(metric, metric.upper())
+        if "score" in judged:
+            reason = escape(judged.get("reason") or "")
+            spans.append(f"<span title='{reason}'>{label} {_num(judged['score'], 0)}</span>")
+        else:
+            why = escape(judged.get("not_scored", ""))
+            spans.append(f"<span class='not' title='{why}'>{label} not scored</span>")
+    auto = out.get("auto") or {}
+    for key, label, digits in AUTO_COLUMNS:
+        if key in ("format_ok",):
+            continue
+        if auto.get(key) is not None:
+            spans.append(f"<span>{escape(label)} {_num(auto[key], digits)}</span>")
+    if auto.get("format_score") is not None:
+        spans.append(f"<span>format {_num(auto['format_score'], 1)}/5</span>")
+    return "".join(spans)
+
+
+def sample_card(sample: Mapping[str, Any], systems: Sequence[str], metrics: Sequence[str]) -> str:
+    frames = "".join(
+        f"<img src='{escape(url)}' alt='frame {i + 1}'>"
+        for i, url in enumerate(sample.get("frames", []))
+    )
+    if not frames:
+        frames = f"<span class='gap'>{escape(sample.get('clip_problem') or 'no frames')}</span>"
+    history = "\n".join(f"{speaker}: {line}" for speaker, line in sample.get("history", []))
+    cards = []
+    for system in systems:
+        out = (sample.get("systems") or {}).get(system, {})
+        if out.get("error"):
+            body = f"<div class='gap'>not generated: {escape(out['error'])}</div>"
+        else:
+            blocks = []
+            for name in ("perception", "think"):
+                text = out.get(name)
+                shown = escape(text) if text else "<span class='na'>(no block)</span>"
+                blocks.append(
+                    f"<div class='block'><span class='label'>{name}</span><br>{shown}</div>"
+                )
+            answer = out.get("answer")
+            if answer is None:
+                spoken = out.get("spoken") or ""
+                shown = (
+                    f"<span class='na'>(no &lt;answer&gt; block; judged on the text without "
+                    f"blocks)</span><br>{escape(spoken)}"
+                    if spoken
+                    else "<span class='na'>(nothing said: scored 0)</span>"
+                )
+            else:
+                shown = escape(answer)
+            blocks.append(
+                f"<div class='block answer'><span class='label'>answer</span><br>{shown}</div>"
+            )
+            body = "".join(blocks) + f"<div class='scores'>{_scores_line(out, metrics)}</div>"
+        cards.append(f"<div class='system'><h4>{escape(system)}</h4>{body}</div>")
+    columns = max(1, len(systems))
+    return (
+        f"<div class='card' id='sample-{escape(sample['key'])}'>"
+        f"<h3>{escape(sample['key'])} <span class='small'>clip {escape(sample.get('clip_id', ''))}"
+        f" · {escape(sample.get('source', ''))}</span></h3>"
+        f"<div class='frames'>{frames}</div>"
+        "<div class='context'>"
+        f"<div><span class='label'>{escape(sample.get('assistant', ''))} (speaks)</span>"
+        f"<pre>{escape(sample.get('assistant_profile', ''))}</pre></div>"
+        f"<div><span class='label'>{escape(sample.get('user', ''))} (listens)</span>"
+        f"<pre>{escape(sample.get('user_profile', ''))}</pre></div>"
+        f"<div><span class='label'>conversation</span><pre>{escape(history)}</pre>"
+        f"<span class='label'>reference reply</span><pre>{escape(sample.get('reference', ''))}</pre></div>"
+        "</div>"
+        f"<div class='systems' style='grid-template-columns: repeat({columns}, 1fr)'>{''.join(cards)}</div>"
+        "</div>"
+    )
+
+
+def render_report(data: Mapping[str, Any]) -> str:
+    systems = list(data["systems"])
+    metrics = list(data.get("judge_metrics") or [])
+    info = " · ".join(
+        f"{escape(str(k))}: {escape(str(v))}" for k, v in (data.get("info") or {}).items()
+    )
+    sections = [
+        f"<h1>{escape(data.get('title', 'Evaluation'))}</h1><p class='info'>{info}</p>",
+        "<h2>Summary</h2>",
+        summary_table(data),
+        "<p class='small'>Judge scores are 0–100 (VEG, SPC: the judge sees 8 frames; CN: "
+        "text only), the mean of scored samples; bold: best per column. Automatic metrics "
+        "compare the spoken line with the reference (BERTScore, ROUGE-L) and the perception "
+        "with the clip (CLIPScore); format rate: share of perfectly formatted outputs.</p>",
+        "<h2>Not scored</h2>",
+        gaps_section(data),
+    ]
+    if data.get("pairwise"):
+        sections += ["<h2>Pairwise (both orders)</h2>", pairwise_table(data["pairwise"])]
+    if data.get("videoqa"):
+        sections += ["<h2>Zero-shot VideoQA</h2>", videoqa_tables(data["videoqa"])]
+    if data.get("plot_rows"):
+        sections += [
+            "<h2>Metrics per system</h2>",
+            f"<div class='chart'>{svg.bar_panels(data['plot_rows'], systems)}</div>",
+        ]
+    if data.get("reward_history"):
+        series = svg.reward_series(data["reward_history"])
+        if series:
+            sections += [
+                "<h2>GRPO reward curves</h2>",
+                f"<div class='chart'>{svg.line_panels(series)}</div>",
+            ]
+    sections.append(f"<h2>Samples ({len(data.get('samples', []))})</h2>")
+    sections += [sample_card(s, systems, metrics) for s in data.get("samples", [])]
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{escape(data.get('title', 'Evaluation'))}</title><style>{CSS}</style></head>"
+        f"<body>{''.join(sections)}</body></html>\n"
+    )

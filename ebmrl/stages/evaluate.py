@@ -1,0 +1,235 @@
+"""``ebmrl evaluate``: judge (VEG/SPC/CN) + automatic metrics of each system on the test
+split, and the HTML report (params: ``evaluate``; ``models.vlm``/``dtype``/``device``/
+``attn_implementation`` for local systems and the local judge, ``models.clip``/
+``clip_pretrained`` for CLIPScore, ``models.text_encoder``/``text_encoder_layers`` for
+BERTScore; ``tracking`` for MLflow).
+
+Writes ``evaluate.metrics`` (``metrics/eval.json``, for ``dvc metrics``),
+``evaluate.plot_data`` (rows for the per-metric bar plots), and ``<evaluate.out>/``
+``index.html`` (offline report) + ``results.json`` (every sample, every score). Outputs
+and judgements are cached under ``evaluate.cache``: a rerun regenerates and re-judges
+only what changed. A sample that cannot be scored (missing clip, judge down, a judge
+that answers in prose) is reported with its reason; the stage still finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ebmrl.config import Params
+
+HELP = "evaluate the systems: VEG/SPC/CN judge, BERTScore/ROUGE-L/CLIPScore/format, report"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-samples", type=int, help="default: evaluate.max_samples")
+    parser.add_argument(
+        "--judge-url", help="judge with this OpenAI-compatible endpoint (sets backend.kind: http)"
+    )
+    parser.add_argument("--judge-model", help="model name at --judge-url")
+    parser.add_argument("--no-judge", action="store_true", help="automatic metrics only")
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+
+def _judge_section(params: Params, args: argparse.Namespace):
+    judge = params.evaluate.judge
+    if args.judge_url:
+        backend = judge.backend.model_copy(
+            update={"kind": "http", "base_url": args.judge_url, "model": args.judge_model}
+        )
+        judge = judge.model_copy(update={"backend": backend, "serve_local": False})
+    return judge
+
+
+def _reward_history(path: str | None) -> list | None:
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, list) else None
+
+
+def _videoqa_summaries(folder: str | None) -> dict:
+    if not folder or not Path(folder).is_dir():
+        return {}
+    out = {}
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def run(params: Params, args: argparse.Namespace) -> int:
+    from ebmrl import tracking
+    from ebmrl.backends import GenerationClient, ResponseCache, concurrency, retry_policy
+    from ebmrl.config import BackendSection
+    from ebmrl.data.dataset import load_dataset_profiles, load_split
+    from ebmrl.eval import pipeline
+    from ebmrl.eval.generation import load_clip_frames
+    from ebmrl.eval.judge import Judge
+    from ebmrl.eval.report import render_report
+    from ebmrl.frame_store import FrameStoreError, ShardedFrameStore
+    from ebmrl.io import atomic_write_text, write_json
+    from ebmrl.schema import SchemaError
+
+    section, models = params.evaluate, params.models
+    started = time.perf_counter()
+    if section.torch_threads:
+        import torch
+
+        torch.set_num_threads(section.torch_threads)
+    try:
+        samples = load_split(section.dataset, section.split)
+        profiles = load_dataset_profiles(section.dataset)
+        store = ShardedFrameStore.open(section.frames)
+    except (FileNotFoundError, FrameStoreError, SchemaError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    limit = args.max_samples or section.max_samples
+    samples = samples[:limit] if limit else samples
+    if not samples:
+        print(
+            f"error: no samples in the {section.split} split of {section.dataset}", file=sys.stderr
+        )
+        return 2
+    judge_section = _judge_section(params, args)
+    judged = judge_section.enabled and not args.no_judge
+    cache_dir = Path(section.cache)
+    outputs_cache = ResponseCache(cache_dir / "outputs.jsonl")
+    judgement_cache = ResponseCache(cache_dir / "judgements.jsonl")
+    clips = load_clip_frames(samples, store)
+
+    def client_for(system):
+        def make() -> GenerationClient:
+            backend = pipeline.system_backend(system, models, section.torch_threads)
+            return GenerationClient(backend, outputs_cache, retry_policy(BackendSection()))
+
+        return make
+
+    logged = {"evaluate": section.model_dump(), "models": models.model_dump()}
+    with tracking.stage_run(
+        "evaluate", params.tracking, logged, enabled=not args.no_tracking
+    ) as mlflow:
+        try:
+            per_system, generation_stats = pipeline.generate_all(
+                samples,
+                profiles,
+                clips,
+                [(s.name, client_for(s)) for s in section.systems],
+                max_new_tokens=section.max_new_tokens,
+                progress=True,
+            )
+            bert = clip = None
+            if section.automatic.bertscore:
+                from ebmrl.rewards.answer import make_bert_scorer
+
+                bert = make_bert_scorer(
+                    models.text_encoder, models.text_encoder_layers, device=models.device
+                )
+            if section.automatic.clipscore:
+                from ebmrl.rewards.clip import OpenClipEncoder
+
+                clip = OpenClipEncoder.load(
+                    models.clip, pretrained=models.clip_pretrained, device=models.device
+                )
+            pairwise = judge_section.pairwise
+            pairs = [tuple(p) for p in pairwise.pairs] if judged and pairwise.enabled else []
+            kwargs = dict(
+                judge_metrics=judge_section.metrics,
+                pairs=pairs,
+                judge_frame_count=judge_section.frames,
+                judge_frame_side=judge_section.frame_max_side,
+                bert=bert,
+                clip=clip,
+                bert_batch_size=section.automatic.batch_size,
+                report_frames=section.report_frames,
+                progress=True,
+            )
+            if judged:
+                with pipeline.judge_backend(judge_section, models) as backend:
+                    client = GenerationClient(backend, None, retry_policy(judge_section.backend))
+                    judge = Judge(
+                        client,
+                        judgement_cache,
+                        max_attempts=judge_section.max_attempts,
+                        max_tokens=judge_section.max_tokens,
+                        seed=judge_section.seed,
+                    )
+                    result = pipeline.evaluate_outputs(
+                        samples,
+                        profiles,
+                        store,
+                        clips,
+                        per_system,
+                        judge=judge,
+                        judge_concurrency=concurrency(judge_section.backend, backend),
+                        **kwargs,
+                    )
+                    judge_info = {"judge": judge.model_id, "rubric": judge.version}
+            else:
+                result = pipeline.evaluate_outputs(
+                    samples, profiles, store, clips, per_system, **kwargs
+                )
+                judge_info = {"judge": "off"}
+        finally:
+            outputs_cache.close()
+            judgement_cache.close()
+            store.close()
+        report = {
+            "title": "EBM-RL evaluation",
+            "info": {
+                "split": section.split,
+                "samples": len(samples),
+                **judge_info,
+            },
+            "systems": result.systems,
+            "judge_metrics": result.judge_metrics,
+            "judge": result.judge,
+            "auto": result.auto,
+            "pairwise": result.pairwise,
+            "videoqa": _videoqa_summaries(section.videoqa_metrics),
+            "plot_rows": result.plot_rows,
+            "reward_history": _reward_history(section.training_log),
+            "samples": result.records,
+        }
+        out = Path(section.out)
+        results = {
+            **{k: v for k, v in report.items() if k != "samples"},
+            "generation": generation_stats,
+            "judge_stats": result.judge_stats,
+            "samples": [{k: v for k, v in r.items() if k != "frames"} for r in result.records],
+        }
+        write_json(out / "results.json", results)
+        atomic_write_text(out / "index.html", render_report(report))
+        write_json(section.metrics, result.metrics)
+        write_json(section.plot_data, result.plot_rows)
+        if mlflow is not None:
+            flat = tracking.flatten(result.metrics)
+            mlflow.log_metrics({k.replace(".", "/"): float(v) for k, v in flat.items()})
+            mlflow.log_artifact(str(out / "index.html"))
+            mlflow.log_artifact(str(out / "results.json"))
+    _print_summary(result, out, time.perf_counter() - started)
+    return 0
+
+
+def _print_summary(result, out: Path, seconds: float) -> None:
+    for system in result.systems:
+        auto = result.auto.get(system, {})
+        line = f"  {system:8s} bertscore={auto.get('bertscore_f1')} rouge_l={auto.get('rouge_l')}"
+        line += f" format_rate={auto.get('format_ok')}"
+        if result.judge is not None:
+            entry = result.judge[system]
+            for metric in result.judge_metrics:
+                line += f" {metric}={entry.get(metric)} ({entry.get(f'{metric}_scored')} scored)"
+            if entry.get("not_scored_reasons"):
+                line += f" not scored: {entry['not_scored_reasons']}"
+        print(line)
+    print(f"evaluate: {len(result.records)} sample(s) in {seconds:.1f}s -> {out / 'index.html'}")
