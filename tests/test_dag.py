@@ -1,0 +1,130 @@
+"""DAG-wide properties of dvc.yaml on the CI profile, in a copy of the tree: a no-op
+``dvc repro`` reruns nothing (and is quick), a reward weight invalidates only grpo and
+reruns only grpo and the stages after it, an annotation prompt invalidates annotate, and
+``dvc exp run -S`` / ``dvc exp show`` work."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import copy_working_tree
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+BIN = Path(sys.executable).parent
+
+
+def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
+    result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def stages_that_ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def downstream(repo: Path, stage: str) -> set[str]:
+    """Every stage that depends on ``stage``, directly or through other stages."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        graph = dvc_repo.index.graph  # edges: stage -> the stages it needs
+        node = next(s for s in graph.nodes if s.name == stage)
+        return {s.name for s in nx.ancestors(graph, node)}
+
+
+@pytest.fixture(scope="module")
+def ci_repo(tmp_path_factory) -> Path:
+    """A copy on the CI profile with the whole DAG reproduced once."""
+    work = copy_working_tree(tmp_path_factory.mktemp("dag") / "repo", profile="ci")
+    started = time.perf_counter()
+    result = run(work, "dvc", "repro")
+    print(f"\nCI-profile DAG, dvc repro from scratch: {time.perf_counter() - started:.0f}s")
+    assert "grpo" in stages_that_ran(result.stdout)
+    return work
+
+
+def test_noop_repro_reruns_nothing_and_takes_about_a_second(ci_repo):
+    started = time.perf_counter()
+    result = run(ci_repo, "dvc", "repro")
+    elapsed = time.perf_counter() - started
+    print(f"\nno-op dvc repro: {elapsed:.2f}s")
+    assert stages_that_ran(result.stdout) == set()
+    assert "didn't change, skipping" in result.stdout
+    # DVC's own floor here is about 1 s; generous for a loaded 2-core CI machine.
+    assert elapsed < 15
+
+
+def _status(repo: Path) -> dict:
+    return json.loads(run(repo, "dvc", "status", "--json").stdout or "{}")
+
+
+def test_a_reward_weight_invalidates_only_grpo(ci_repo):
+    params = ci_repo / "params.yaml"
+    original = params.read_text()
+    (ci_repo / "weight.yaml").write_text("rewards:\n  weights:\n    clip: 0.5\n")
+    try:
+        run(ci_repo, "ebmrl", "use-profile", "weight.yaml")
+        status = _status(ci_repo)
+        assert set(status) == {"grpo"}, status
+        assert "rewards" in json.dumps(status["grpo"])
+    finally:
+        params.write_text(original)
+        (ci_repo / "weight.yaml").unlink()
+    assert _status(ci_repo) == {}
+
+
+def test_an_annotation_prompt_invalidates_annotate_and_everything_after_depends_on_it(
+    ci_repo,
+):
+    prompt = ci_repo / "ebmrl" / "prompts" / "annotate_user.txt"
+    original = prompt.read_text()
+    prompt.write_text(original + "\nDescribe the light as well.\n")
+    try:
+        assert set(_status(ci_repo)) == {"annotate"}
+        # A dry run reruns annotate; the stages after it rerun when its output changes
+        # (DVC compares their inputs' hashes), and every one of them depends on it.
+        assert stages_that_ran(run(ci_repo, "dvc", "repro", "--dry").stdout) == {"annotate"}
+        assert downstream(ci_repo, "annotate") >= {"synthesize", "sft", "grpo"}
+        assert downstream(ci_repo, "annotate").isdisjoint({"ingest", "frames", "tiny_models"})
+    finally:
+        prompt.write_text(original)
+    assert _status(ci_repo) == {}
+
+
+def test_exp_run_with_a_reward_weight_reruns_grpo_and_what_follows(ci_repo, tmp_path):
+    """``dvc exp run -S rewards.weights.clip=0.5``: grpo (and what follows, as far as its
+    outputs changed) reruns, nothing before grpo does; ``dvc exp show`` lists it."""
+    work = tmp_path / "repo"
+    shutil.copytree(ci_repo, work, symlinks=True)
+    result = run(work, "dvc", "exp", "run", "-n", "clip-half", "-S", "rewards.weights.clip=0.5")
+    ran = stages_that_ran(result.stdout)
+    print(f"\nreward weight change reran: {sorted(ran)}")
+    # grpo reruns; a stage after it reruns when its inputs changed (DVC compares hashes:
+    # on the CI profile the tiny model may come out identical, and then videoqa, which
+    # reads only the model, is rightly skipped); nothing before grpo reruns.
+    assert "grpo" in ran and ran <= {"grpo"} | downstream(work, "grpo")
+    assert _status(work) == {}
+    shown = run(work, "dvc", "exp", "show", "--json").stdout
+    experiments = [
+        exp
+        for entry in json.loads(shown)
+        for exp in (entry.get("experiments") or [])
+        if exp.get("name") == "clip-half"
+    ]
+    assert experiments, shown[:2000]
+    revs = experiments[0]["revs"][0]
+    weights = revs["data"]["params"]["params.yaml"]["data"]["rewards"]["weights"]
+    assert weights["clip"] == 0.5
+    table = run(work, "dvc", "exp", "show", "--no-pager", "--csv").stdout
+    assert "clip-half" in table and "rewards.weights.clip" in table
