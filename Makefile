@@ -13,7 +13,8 @@ PYTEST_ARGS ?=
 # dvc runs stage commands (`ebmrl ...`) through the shell: put the venv first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean browser
+.PHONY: mlflow-ui services-up services-down services-status deploy pipeline dvc-remote-local
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,9 +28,17 @@ demo: $(STAMP)
 	$(BIN)/ebmrl check-params
 	$(BIN)/dvc repro
 	$(BIN)/ebmrl outputs
+	@echo "Report:    $(CURDIR)/reports/eval/index.html"
+	@echo "MLflow UI: make mlflow-ui, then open http://127.0.0.1:5000 (runs in $(CURDIR)/mlflow.db)"
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Headless Chromium (Debian package) for the report and plot screenshot tests: installed
+# once, where apt-get may run; elsewhere those tests skip (and fail under CI=true).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "warning: chromium could not be installed: screenshot tests will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -40,3 +49,35 @@ format: $(STAMP)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .hypothesis
+
+# ---- Orchestration (prefect.yaml, flows/): local servers, deployments, the pipeline as a
+# service. Every server binds 127.0.0.1; PIDs, ports and logs live in $(SERVICES_DIR).
+# services-up needs AWS credentials in the environment or AWS config (any values for
+# the local S3 server: they become its identity).
+SERVICES_DIR ?= .services
+SERVICES = $(BIN)/python -m flows.services --run-dir $(SERVICES_DIR)
+# PREFECT_API_URL, MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL of the running servers.
+WITH_SERVICES = eval "$$($(SERVICES) env)" &&
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+services-up: $(STAMP)
+	$(SERVICES) up
+
+services-down:
+	@if test -x $(BIN)/python; then $(SERVICES) down; else echo "nothing to stop"; fi
+
+services-status: $(STAMP)
+	$(SERVICES) status
+
+deploy: $(STAMP)
+	$(WITH_SERVICES) $(BIN)/prefect --no-prompt deploy --all
+
+pipeline: $(STAMP)
+	$(WITH_SERVICES) $(BIN)/prefect deployment run ebmrl-pipeline/default --watch
+
+# The DVC remote on the local S3 server, in .dvc/config.local (never committed).
+dvc-remote-local: $(STAMP)
+	$(WITH_SERVICES) $(BIN)/dvc remote add --local -d -f local-s3 s3://ebmrl-dvc/cache && \
+		$(BIN)/dvc remote modify --local local-s3 endpointurl "$$AWS_ENDPOINT_URL"

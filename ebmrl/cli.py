@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from ebmrl.config import DEFAULT_PARAMS_PATH, ConfigError, load
+from ebmrl.exit_codes import EXIT_INVALID, EXIT_TRANSIENT, injected_fault, is_transient_error
 
 # subcommand -> module under ebmrl.stages
 STAGES: dict[str, str] = {
@@ -22,6 +24,10 @@ STAGES: dict[str, str] = {
     "frames": "frames",
     "annotate": "annotate",
     "synthesize": "synthesize",
+    "sft": "sft",
+    "grpo": "grpo",
+    "videoqa": "videoqa",
+    "evaluate": "evaluate",
     "serve": "serve",  # a command, not a DVC stage
 }
 
@@ -41,6 +47,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     outputs = sub.add_parser("outputs", help="list the pipeline outputs declared in dvc.yaml")
     outputs.add_argument("--dvc-file", default="dvc.yaml")
     outputs.set_defaults(module="outputs")
+    use_profile = sub.add_parser(
+        "use-profile",
+        help="write a profile's keys (profiles/<name>.yaml, e.g. paper) into the params file",
+    )
+    use_profile.add_argument("profile", help="profile name under profiles/, or a YAML path")
+    use_profile.set_defaults(module="use-profile")
     modules = {}
     for command, module_name in STAGES.items():
         module = importlib.import_module(f"ebmrl.stages.{module_name}")
@@ -76,6 +88,24 @@ def print_outputs(dvc_file: str) -> int:
     return 0
 
 
+def use_profile(params_path: str, profile: str) -> int:
+    """Write a profile's keys into the params file (comments kept), after validating."""
+    from ebmrl.profiles import apply_profile
+
+    try:
+        changed = apply_profile(params_path, profile)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if not changed:
+        print(f"{params_path}: already has every value of profile {profile!r}")
+        return 0
+    print(f"{params_path}: profile {profile!r} set {len(changed)} key(s):")
+    for key in changed:
+        print(f"  {key}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser, modules = _build_parser()
     args = parser.parse_args(argv)
@@ -83,13 +113,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = load(args.params)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     if args.module is None:
         print(f"{args.params}: OK")
         return 0
     if args.module == "outputs":
         return print_outputs(args.dvc_file)
-    return int(modules[args.module].run(params, args) or 0)
+    if args.module == "use-profile":
+        return use_profile(args.params, args.profile)
+    fault = injected_fault(args.command)
+    if fault:
+        print(f"error: {fault}", file=sys.stderr)
+        return EXIT_TRANSIENT
+    try:
+        return int(modules[args.module].run(params, args) or 0)
+    except Exception as exc:
+        # Network and remote-store failures get their own exit code so that an
+        # orchestrator retries them (and nothing else): see ebmrl/exit_codes.py.
+        if not is_transient_error(exc):
+            raise
+        traceback.print_exc()
+        print(
+            f"error: transient failure, retry later: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
+        return EXIT_TRANSIENT
 
 
 if __name__ == "__main__":

@@ -342,6 +342,9 @@ class TrainingSection(Section):
     # Checkpoints every N optimiser steps; a rerun after a crash resumes from the last one.
     save_steps: PositiveInt = 50
     save_total_limit: PositiveInt = 2
+    # CPU threads for torch (null: torch's default). 1 is fastest for tiny models on a
+    # shared machine: idle OpenMP threads spin and slow every other process down.
+    torch_threads: PositiveInt | None = None
     lora: LoraSection = LoraSection()
 
     @model_validator(mode="after")
@@ -404,6 +407,176 @@ class GrpoSection(TrainingSection):
         return self
 
 
+# ----------------------------------------------------------------------- evaluation
+SystemName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=40)]
+JudgeMetricName = Literal["veg", "spc", "cn"]
+
+
+class EvalSystemSection(Section):
+    """A system to evaluate: a model folder or hub id (null: ``models.vlm``), generated
+    locally, or by an OpenAI-compatible endpoint serving it when ``base_url`` is set."""
+
+    name: SystemName
+    model: str | None = None
+    base_url: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https:// (got {value!r})")
+        return value
+
+
+def _default_systems() -> list[EvalSystemSection]:
+    return [
+        EvalSystemSection(name="base"),
+        EvalSystemSection(name="sft", model="models/sft/final"),
+        EvalSystemSection(name="grpo", model="models/grpo/final"),
+    ]
+
+
+def _unique_names(systems: list[EvalSystemSection]) -> list[EvalSystemSection]:
+    names = [s.name for s in systems]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"system names must be unique, repeated: {repeated}")
+    return systems
+
+
+class PairwiseSection(Section):
+    """A-vs-B judging in both orders (position-bias-free win/tie/loss counts)."""
+
+    enabled: bool = False
+    pairs: list[tuple[SystemName, SystemName]] = Field(default_factory=lambda: [("grpo", "base")])
+    metrics: list[JudgeMetricName] | None = None  # null: judge.metrics
+
+    @field_validator("pairs")
+    @classmethod
+    def _distinct(cls, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        for first, second in pairs:
+            if first == second:
+                raise ValueError(f"a pair compares two different systems, got {first!r} twice")
+        return pairs
+
+
+class JudgeSection(Section):
+    """The VEG/SPC/CN judge: any OpenAI-compatible endpoint (``backend.kind: http``) or a
+    local VLM; ``serve_local`` puts a local judge behind ``ebmrl serve``'s HTTP server
+    inside the stage, so the demo runs the same HTTP path as a hosted judge."""
+
+    enabled: bool = True
+    backend: BackendSection = BackendSection()
+    serve_local: bool = False
+    metrics: list[JudgeMetricName] = Field(
+        default_factory=lambda: ["veg", "spc", "cn"], min_length=1
+    )
+    frames: Annotated[int, Field(ge=1, le=64)] = 8  # sent with VEG and SPC
+    frame_max_side: Annotated[int, Field(ge=32, le=4096)] = 448
+    max_tokens: Annotated[int, Field(ge=16, le=32768)] = 512
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # requests per judgement (re-asks)
+    seed: int = 0  # label shuffling (and the backend's sampling seed)
+    pairwise: PairwiseSection = PairwiseSection()
+
+    @field_validator("metrics")
+    @classmethod
+    def _no_repeats(cls, metrics: list[str]) -> list[str]:
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"metrics repeat: {metrics}")
+        return metrics
+
+    @model_validator(mode="after")
+    def _serve_needs_local(self) -> JudgeSection:
+        if self.serve_local and self.backend.kind != "local":
+            raise ValueError("serve_local: true serves a local judge: set backend.kind: local")
+        return self
+
+
+class AutoMetricsSection(Section):
+    bertscore: bool = True  # model: models.text_encoder
+    clipscore: bool = True  # model: models.clip
+    batch_size: PositiveInt = 64
+
+
+class EvaluateSection(Section):
+    """Judge + automatic metrics of each system on the test split, and the HTML report."""
+
+    dataset: str = "data/dataset"
+    frames: str = "data/frames"
+    split: Literal["train", "test"] = "test"
+    max_samples: PositiveInt | None = None  # the first N samples of the split (null: all)
+    systems: list[EvalSystemSection] = Field(default_factory=_default_systems, min_length=1)
+    max_new_tokens: PositiveInt = 256  # greedy generation of each system's output
+    cache: str = "data/eval_cache"  # outputs and judgements; reruns reuse them
+    out: str = "reports/eval"  # index.html + results.json
+    metrics: str = "metrics/eval.json"
+    plot_data: str = "metrics/eval_plot.json"
+    videoqa_metrics: str | None = "metrics/videoqa"  # shown in the report when present
+    training_log: str | None = "metrics/grpo_log.json"  # reward curves in the report
+    report_frames: Annotated[int, Field(ge=0, le=64)] = 8
+    torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    automatic: AutoMetricsSection = AutoMetricsSection()
+    judge: JudgeSection = JudgeSection()
+
+    _unique = field_validator("systems")(_unique_names)
+
+    @model_validator(mode="after")
+    def _pairs_name_systems(self) -> EvaluateSection:
+        names = {s.name for s in self.systems}
+        for pair in self.judge.pairwise.pairs if self.judge.pairwise.enabled else ():
+            unknown = [n for n in pair if n not in names]
+            if unknown:
+                raise ValueError(
+                    f"judge.pairwise.pairs names {unknown}, not among the systems {sorted(names)}"
+                )
+        return self
+
+
+class BenchmarkSection(Section):
+    """One VideoQA benchmark in its standard annotation format (see ebmrl.eval.videoqa)."""
+
+    name: SystemName
+    format: Literal["activitynet_qa", "nextqa", "pororoqa"]
+    annotations: str = Field(min_length=1)  # *_q.json | csv | PororoQA json
+    answers: str | None = None  # activitynet_qa: *_a.json
+    videos: str = Field(min_length=1)
+    video_map: str | None = None  # JSON: video key -> path under videos
+    max_questions: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _answers_file(self) -> BenchmarkSection:
+        if (self.format == "activitynet_qa") != (self.answers is not None):
+            raise ValueError(
+                "answers (the *_a.json file) is required for activitynet_qa and only for it"
+            )
+        return self
+
+
+class VideoQASection(Section):
+    """Zero-shot VideoQA of each system (greedy, the <perception><think><answer> prompt)."""
+
+    systems: list[EvalSystemSection] = Field(default_factory=_default_systems, min_length=1)
+    benchmarks: list[BenchmarkSection] = Field(default_factory=list)
+    frames: Annotated[int, Field(ge=1, le=256)] = 8  # paper: 32
+    max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 100_352
+    max_new_tokens: PositiveInt = 128
+    out: str = "data/videoqa"  # per-question predictions
+    cache: str = "data/videoqa_cache"
+    metrics: str = "metrics/videoqa"  # <benchmark>.json each
+    torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+
+    _unique = field_validator("systems")(_unique_names)
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique_benchmarks(cls, benchmarks: list[BenchmarkSection]) -> list[BenchmarkSection]:
+        names = [b.name for b in benchmarks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"benchmark names must be unique, repeated: {repeated}")
+        return benchmarks
+
+
 # ------------------------------------------------------------------------- tracking
 class TrackingSection(Section):
     # MLFLOW_TRACKING_URI in the environment wins over this default.
@@ -425,6 +598,8 @@ class Params(Section):
     rewards: RewardsSection = RewardsSection()
     sft: SftSection = SftSection()
     grpo: GrpoSection = GrpoSection()
+    evaluate: EvaluateSection = EvaluateSection()
+    videoqa: VideoQASection = VideoQASection()
     tracking: TrackingSection = TrackingSection()
 
 

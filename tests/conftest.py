@@ -104,3 +104,143 @@ def demo_store(tmp_path_factory, demo_data, tiny_models):
         workers=0,
     )
     return {"ingest": root / "ingest", "frames": root / "frames", "clips": clips, "result": result}
+
+
+# ------------------------------------------------------------------ evaluation (issue #6)
+class RuleJudge:
+    """A deterministic judge model for tests, served over real HTTP by ``ChatServer``.
+
+    Listwise: every candidate ``[X] line`` scores ``min(100, 10 * words)``. Pairwise: the
+    line with more words wins (equal: tie). ``first_label=True`` plants a position bias
+    instead: [A] always wins (listwise: A scores 90, the others 10). ``prose=True`` never
+    answers in JSON; ``prose_first=True`` answers in prose until it is re-asked. Every
+    request is recorded (metric code, number of frames) for assertions.
+    """
+
+    max_concurrency = 4
+
+    def __init__(self, *, first_label=False, prose=False, prose_first=False, name="rule-judge"):
+        import threading
+
+        self.model_id = name
+        self.first_label = first_label
+        self.prose = prose
+        self.prose_first = prose_first
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def candidates(text: str) -> dict[str, str]:
+        import re
+
+        return dict(re.findall(r"^\[([A-Z])\] (.*)$", text, flags=re.MULTILINE))
+
+    def generate(self, request) -> str:
+        import json
+        import re
+
+        user = request.messages[-1].content
+        metric = re.search(r"on (VEG|SPC|CN) \(", user)
+        with self._lock:
+            self.requests.append(
+                {
+                    "metric": metric.group(1) if metric else None,
+                    "frames": 0 if request.frames is None else len(request.frames),
+                    "reask": "could not be used" in user,
+                    "pairwise": "Two candidate lines" in user,
+                }
+            )
+        if self.prose or (self.prose_first and "could not be used" not in user):
+            return "Candidate A is clearly the most vivid line, I would give it a high mark."
+        lines = self.candidates(user)
+        if "Two candidate lines" in user:
+            if self.first_label:
+                return json.dumps({"winner": "A", "reason": "first"})
+            a, b = (len(lines[k].split()) for k in ("A", "B"))
+            return json.dumps(
+                {"winner": "A" if a > b else "B" if b > a else "tie", "reason": "longer"}
+            )
+        scores = {
+            label: {
+                "score": (90 if label == "A" else 10)
+                if self.first_label
+                else min(100, 10 * len(line.split())),
+                "reason": "rule",
+            }
+            for label, line in lines.items()
+        }
+        return json.dumps({"scores": scores})
+
+    def close(self) -> None:
+        pass
+
+
+class ScriptedSystem:
+    """A role-play "system" for tests served over HTTP: for each request it answers the
+    line given for the first history utterance found in the prompt, else ``default``."""
+
+    max_concurrency = 4
+
+    def __init__(self, replies: dict[str, str], default: str, name="scripted"):
+        self.model_id = name
+        self.replies = replies
+        self.default = default
+
+    def generate(self, request) -> str:
+        user = request.messages[-1].content
+        for needle, text in self.replies.items():
+            if needle in user:
+                return text
+        return self.default
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def http_model():
+    """Factory: ``http_model(backend)`` serves any backend object on 127.0.0.1 (free port)
+    through ``ebmrl.serve.ChatServer`` and returns the server (``.url``); stopped after."""
+    from ebmrl.serve import ChatServer
+
+    servers = []
+
+    def start(backend, name=None):
+        server = ChatServer(backend, model_name=name or backend.model_id).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+# ------------------------------------------------------------ orchestration (issue #7)
+def copy_working_tree(dest: Path, profile: str | None = None) -> Path:
+    """A git-committed copy of this working tree (tracked and untracked, not ignored
+    files: no data, models or DVC cache), with a params profile applied if given.
+
+    DVC commands that take the repository lock run in such copies, never in the tree.
+    """
+    import shutil
+    import subprocess
+
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        src = REPO_ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    if profile:
+        from ebmrl.profiles import apply_profile
+
+        apply_profile(dest / "params.yaml", profile)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest
