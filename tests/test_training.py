@@ -61,7 +61,9 @@ def demo_training_set(tmp_path_factory, tiny_models):
 
     root = tmp_path_factory.mktemp("training_demo")
     paths = demo.generate(root / "demo", seed=1, num_clips=16, num_sessions=4, samples_per_clip=2)
-    result = ingest.ingest(str(paths["videos"]), records=[str(paths["samples"])], extensions=["mp4"])
+    result = ingest.ingest(
+        str(paths["videos"]), records=[str(paths["samples"])], extensions=["mp4"]
+    )
     clips = [c for c in result.clips if c.status == "ok"]
     tasks = [frames.FrameTask(c.clip_id, c.uri, c.sha256, c.width, c.height) for c in clips]
     schedule = ((5.0, 4), (15.0, 8), (None, 8))
@@ -82,7 +84,9 @@ def dataset(tmp_path_factory, demo_training_set):
     """The demo samples split by session, written as the synthesize stage writes them."""
     train, test = split_by_session(demo_training_set["samples"], test_fraction=0.25, seed=0)
     folder = tmp_path_factory.mktemp("dataset")
-    write_dataset(folder, {"train": train, "test": test}, load_profiles(demo_training_set["profiles"]))
+    write_dataset(
+        folder, {"train": train, "test": test}, load_profiles(demo_training_set["profiles"])
+    )
     return folder
 
 
