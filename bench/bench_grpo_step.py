@@ -85,7 +85,14 @@ def run(label: str, weights: dict[str, float], args, tiny: dict[str, Path], inpu
 
     def instrument(trainer):
         timer.wrap(trainer, "_generate_single_turn", "generation")
-        timer.wrap(trainer, "_calculate_rewards", "rewards")
+        # Time inside the reward functions themselves (TRL calls them from its own loop).
+        for index, func in enumerate(trainer.reward_funcs):
+            holder = type("Holder", (), {})()
+            holder.call = func
+            timer.wrap(holder, "call", "rewards")
+            timed = holder.call
+            timed.__name__ = func.__name__
+            trainer.reward_funcs[index] = timed
         timer.wrap(trainer, "_prepare_inputs", "prepare (gen + rewards + ref/old logps)")
         timer.wrap(trainer, "training_step", "step")
 
