@@ -395,3 +395,18 @@ def test_grpo_runs_under_accelerate_with_two_cpu_processes(
     metrics = yaml.safe_load((tmp_path / "grpo.json").read_text())
     assert metrics["steps"] == 2
     assert (tmp_path / "grpo" / "final" / "model.safetensors").is_file()
+
+
+def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
+    from ebmrl.train.configs import checkpoint_to_resume, run_fingerprint
+
+    folder = tmp_path / "checkpoints"
+    first = run_fingerprint(lr=1e-4, rows=["a"])
+    assert checkpoint_to_resume(folder, first, True) is None
+    (folder / "checkpoint-2").mkdir()
+    (folder / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    assert checkpoint_to_resume(folder, first, True).endswith("checkpoint-2")  # same run: resume
+    other = run_fingerprint(lr=5e-4, rows=["a"])
+    assert checkpoint_to_resume(folder, other, True) is None  # other params: start afresh
+    assert not (folder / "checkpoint-2").exists()
+    assert checkpoint_to_resume(folder, first, True) is None  # the first run's marker is gone

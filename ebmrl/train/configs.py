@@ -99,3 +99,71 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
     path = Path(output_dir)
     return get_last_checkpoint(str(path)) if path.is_dir() else None
+
+
+FINGERPRINT = "ebmrl_run.json"
+
+
+def run_fingerprint(**inputs: Any) -> str:
+    """A hash of everything that defines a training run (params, data, start model)."""
+    import hashlib
+    import json
+
+    text = json.dumps(inputs, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def model_identity(path: str | Path) -> dict[str, Any]:
+    """Size and modification time of a local model's weights (the id for a hub model)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return {"id": str(path)}
+    return {
+        f.name: [f.stat().st_size, f.stat().st_mtime_ns]
+        for f in sorted(folder.glob("*.safetensors"))
+    }
+
+
+def resumable_checkpoint(output_dir: str | Path, fingerprint: str) -> str | None:
+    """The checkpoint to resume, only if it belongs to this very run (read-only).
+
+    Checkpoints survive reruns (DVC keeps them) so that a killed stage resumes; a rerun
+    with other params, data or start model must not continue a different run.
+    """
+    import json
+
+    folder = Path(output_dir)
+    try:
+        recorded = json.loads((folder / FINGERPRINT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return last_checkpoint(folder) if recorded.get("fingerprint") == fingerprint else None
+
+
+def start_afresh(output_dir: str | Path, fingerprint: str) -> None:
+    """Remove another run's checkpoints and record this run's fingerprint (main process)."""
+    import json
+    import shutil
+
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for child in folder.iterdir():
+        if child.name.startswith("checkpoint-"):
+            shutil.rmtree(child, ignore_errors=True)
+    (folder / FINGERPRINT).write_text(
+        json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8"
+    )
+
+
+def checkpoint_to_resume(
+    output_dir: str | Path, fingerprint: str, is_main_process: bool
+) -> str | None:
+    """Decide resume-or-restart the same way on every process, then let the main one clean up."""
+    from accelerate import PartialState
+
+    resume = resumable_checkpoint(output_dir, fingerprint)
+    PartialState().wait_for_everyone()  # every rank has decided before anything is removed
+    if resume is None and is_main_process:
+        start_afresh(output_dir, fingerprint)
+    PartialState().wait_for_everyone()
+    return resume

@@ -12,7 +12,13 @@ from typing import Any
 from ebmrl.config import Params
 from ebmrl.frame_store import FrameStore, require_clips
 from ebmrl.io import atomic_path
-from ebmrl.train.configs import grpo_args, last_checkpoint, lora_config
+from ebmrl.train.configs import (
+    checkpoint_to_resume,
+    grpo_args,
+    lora_config,
+    model_identity,
+    run_fingerprint,
+)
 from ebmrl.train.inputs import TrainingInputs
 from ebmrl.train.prompting import grpo_row
 from ebmrl.train.sft import EmptyTrainingSet
@@ -129,7 +135,14 @@ def train_grpo(
         pcg_scorer.model = reference_model(trainer, section.init_model, models)
     if trainer_hook is not None:
         trainer_hook(trainer)
-    resume = last_checkpoint(checkpoints)
+    fingerprint = run_fingerprint(
+        grpo=section.model_dump(),
+        rewards=params.rewards.model_dump(),
+        models=models.model_dump(),
+        start=model_identity(section.init_model),
+        rows=[(r["prompt_id"], r["clip_id"], r["reference"]) for r in rows],
+    )
+    resume = checkpoint_to_resume(checkpoints, fingerprint, is_main_process)
     if resume:
         print(f"resuming GRPO from {resume}")
     trainer.train(resume_from_checkpoint=resume)

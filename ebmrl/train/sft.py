@@ -11,7 +11,13 @@ from typing import Any
 from ebmrl.config import ModelsSection, SftSection
 from ebmrl.frame_store import require_clips
 from ebmrl.io import atomic_path
-from ebmrl.train.configs import last_checkpoint, lora_config, sft_args
+from ebmrl.train.configs import (
+    checkpoint_to_resume,
+    lora_config,
+    model_identity,
+    run_fingerprint,
+    sft_args,
+)
 from ebmrl.train.format_check import greedy_format_scores
 from ebmrl.train.inputs import TrainingInputs
 from ebmrl.train.prompting import sft_row
@@ -81,7 +87,13 @@ def train_sft(
         peft_config=lora_config(section.lora),
         callbacks=list(callbacks),
     )
-    resume = last_checkpoint(checkpoints)
+    fingerprint = run_fingerprint(
+        sft=section.model_dump(),
+        models=models.model_dump(),
+        start=model_identity(models.vlm),
+        rows=[(r["prompt_id"], r["clip_id"], r["completion"]) for r in train_rows],
+    )
+    resume = checkpoint_to_resume(checkpoints, fingerprint, is_main_process)
     if resume:
         print(f"resuming SFT from {resume}")
     trainer.train(resume_from_checkpoint=resume)
