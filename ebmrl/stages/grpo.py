@@ -28,28 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
     from ebmrl import tracking
     from ebmrl.io import write_json
-    from ebmrl.models import load_vlm
-    from ebmrl.stages.inputs import load_training_inputs
+    from ebmrl.stages.inputs import prepare_training_stage
     from ebmrl.train.grpo import train_grpo
 
     section, models = params.grpo, params.models
-    state = PartialState()
-    if section.torch_threads:
-        import torch
-
-        torch.set_num_threads(section.torch_threads)
-    inputs = load_training_inputs(section.dataset, section.frames)
-    model, processor = load_vlm(
-        section.init_model,
-        dtype=models.dtype,
-        device=models.device,
-        attn_implementation=models.attn_implementation,
-    )
-    tracked = not args.no_tracking and state.is_main_process
+    is_main, inputs, model, processor = prepare_training_stage(section, models, section.init_model)
+    tracked = not args.no_tracking and is_main
     logged = {
         "grpo": section.model_dump(),
         "rewards": params.rewards.model_dump(),
@@ -70,13 +56,13 @@ def run(params: Params, args: argparse.Namespace) -> int:
             processor=processor,
             report_to=["mlflow"] if tracked else [],
             trainer_hook=add_completions_table,
-            is_main_process=state.is_main_process,
+            is_main_process=is_main,
         )
         if mlflow is not None:
             numbers = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
             mlflow.log_metrics({f"summary/{k}": v for k, v in numbers.items()})
             mlflow.set_tag("ebmrl.model_path", str(result.final_dir.resolve()))
-    if state.is_main_process:
+    if is_main:
         write_json(args.metrics, result.metrics)
         write_json(args.log_history, result.log_history)
         print(json.dumps(result.metrics, indent=2))

@@ -15,3 +15,26 @@ def load_training_inputs(dataset_dir: str, frames_dir: str) -> TrainingInputs:
         frames=ShardedFrameStore.open(frames_dir),
         profiles=load_dataset_profiles(dataset_dir),
     )
+
+
+def prepare_training_stage(section, models, start_model: str):
+    """What both training stages do first: threads, inputs, the model to start from.
+
+    Returns ``(is_main_process, inputs, model, processor)``.
+    """
+    from accelerate import PartialState
+
+    from ebmrl.models import load_vlm
+
+    if section.torch_threads:
+        import torch
+
+        torch.set_num_threads(section.torch_threads)
+    inputs = load_training_inputs(section.dataset, section.frames)
+    model, processor = load_vlm(
+        start_model,
+        dtype=models.dtype,
+        device=models.device,
+        attn_implementation=models.attn_implementation,
+    )
+    return PartialState().is_main_process, inputs, model, processor

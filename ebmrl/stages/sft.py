@@ -24,28 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
     from ebmrl import tracking
     from ebmrl.io import write_json
-    from ebmrl.models import load_vlm
-    from ebmrl.stages.inputs import load_training_inputs
+    from ebmrl.stages.inputs import prepare_training_stage
     from ebmrl.train.sft import train_sft
 
     section, models = params.sft, params.models
-    state = PartialState()
-    if section.torch_threads:
-        import torch
-
-        torch.set_num_threads(section.torch_threads)
-    inputs = load_training_inputs(section.dataset, section.frames)
-    model, processor = load_vlm(
-        models.vlm,
-        dtype=models.dtype,
-        device=models.device,
-        attn_implementation=models.attn_implementation,
-    )
-    tracked = not args.no_tracking and state.is_main_process
+    is_main, inputs, model, processor = prepare_training_stage(section, models, models.vlm)
+    tracked = not args.no_tracking and is_main
     logged = {"sft": section.model_dump(), "models": models.model_dump()}
     with tracking.stage_run("sft", params.tracking, logged, enabled=tracked) as mlflow:
         result = train_sft(
@@ -55,7 +41,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             model=model,
             processor=processor,
             report_to=["mlflow"] if tracked else [],
-            is_main_process=state.is_main_process,
+            is_main_process=is_main,
         )
         if mlflow is not None:
             numbers = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
@@ -64,7 +50,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
                 json.dumps(result.held_out_generations, indent=2), "heldout_generations.json"
             )
             mlflow.set_tag("ebmrl.model_path", str(result.final_dir.resolve()))
-    if state.is_main_process:
+    if is_main:
         write_json(args.metrics, result.metrics)
         print(json.dumps(result.metrics, indent=2))
         print(f"SFT model: {Path(result.final_dir)}")
