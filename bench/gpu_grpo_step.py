@@ -8,6 +8,7 @@ and prints the step time, completion tokens per second and peak GPU memory.
     python bench/gpu_grpo_step.py                  # both sizes, 3 steps each
     python bench/gpu_grpo_step.py --sizes 7B --steps 2
     python bench/gpu_grpo_step.py --sizes smoke --steps 2 --completion-tokens 16   # CPU check
+    python bench/gpu_grpo_step.py --vllm           # rollouts by colocated vLLM (needs vllm)
 
 Meant for a GPU machine (it fits one H100/H200 for 7B with gradient checkpointing);
 without a CUDA device it says so and exits with status 0.
@@ -88,7 +89,13 @@ def build_model(size: str, tokenizer, device: str):
 
 
 def run_size(
-    size: str, steps: int, workdir: Path, completion_tokens: int, num_frames: int, device: str
+    size: str,
+    steps: int,
+    workdir: Path,
+    completion_tokens: int,
+    num_frames: int,
+    device: str,
+    use_vllm: bool = False,
 ) -> dict[str, float]:
     import numpy as np
     import torch
@@ -127,13 +134,15 @@ def run_size(
     # TRL builds the frozen reference model from the policy's path: save the random model.
     model_dir = workdir / f"qwen2_5_vl_{size}"
     build_model(size, processor.tokenizer, device).save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)  # vLLM loads the processor from the model folder
+    # Random weights would stop at random: force the full completion length.
+    min_length = {"min_tokens" if use_vllm else "min_new_tokens": completion_tokens}
     args = GRPOConfig(
         output_dir=str(workdir / size),
         num_generations=8,
         per_device_train_batch_size=8,
         max_completion_length=completion_tokens,
-        # Random weights would stop at random: force the full completion length.
-        generation_kwargs={"min_new_tokens": completion_tokens},
+        generation_kwargs=min_length,
         max_steps=steps,
         learning_rate=5e-7,
         beta=0.04,
@@ -144,6 +153,10 @@ def run_size(
         save_strategy="no",
         report_to=[],
         model_init_kwargs={"dtype": torch.bfloat16 if gpu else torch.float32},
+        use_vllm=use_vllm,
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=0.3,
+        vllm_max_model_length=4096 + completion_tokens,
     )
     trainer = VideoGRPOTrainer(
         model=str(model_dir),
@@ -181,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--completion-tokens", type=int, default=1024)
     parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--vllm", action="store_true", help="sample with colocated vLLM")
     args = parser.parse_args(argv)
     import torch
 
@@ -192,9 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu'}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
-            r = run_size(size, args.steps, Path(tmp), args.completion_tokens, args.frames, device)
+            r = run_size(
+                size, args.steps, Path(tmp), args.completion_tokens, args.frames, device, args.vllm
+            )
+            engine = "vLLM" if args.vllm else "transformers"
             print(
-                f"Qwen2.5-VL-{size}: step {r['step_s']:.1f} s, {r['completion_tokens_per_s']:.0f} "
+                f"Qwen2.5-VL-{size} ({engine} rollouts): step {r['step_s']:.1f} s, {r['completion_tokens_per_s']:.0f} "
                 f"completion tokens/s, peak {r['peak_gib']:.1f} GiB, total {r['total_s']:.0f} s"
             )
     return 0

@@ -387,7 +387,10 @@ class GrpoSection(TrainingSection):
     out: str = "models/grpo"
     # Log a table of sample completions with every reward every N steps.
     completions_every: PositiveInt = 10
+    # Sample with vLLM colocated on the training GPU (needs CUDA and vLLM; README).
     use_vllm: bool = False
+    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.3
+    vllm_enable_sleep_mode: bool = False
 
     @field_validator("temperature")
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ebmrl.config import Params
 
@@ -34,6 +35,14 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.train.grpo import train_grpo
 
     section, models = params.grpo, params.models
+    if section.use_vllm:
+        from ebmrl.exit_codes import EXIT_INVALID
+        from ebmrl.train.vllm_video import vllm_unavailable_reason
+
+        reason = vllm_unavailable_reason()
+        if reason:  # before any model is loaded
+            print(f"error: grpo.use_vllm: {reason}", file=sys.stderr)
+            return EXIT_INVALID
     is_main, inputs, model, processor = prepare_training_stage(section, models, section.init_model)
     tracked = not args.no_tracking and is_main
     logged = {

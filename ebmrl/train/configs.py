@@ -88,6 +88,9 @@ def grpo_args(
         max_completion_length=section.max_completion_length,
         mask_truncated_completions=section.mask_truncated_completions,
         use_vllm=section.use_vllm,
+        vllm_mode="colocate",  # the server client has no video channel (vllm_video.py)
+        vllm_gpu_memory_utilization=section.vllm_gpu_memory_utilization,
+        vllm_enable_sleep_mode=section.vllm_enable_sleep_mode,
         log_completions=False,  # our MLflow completions table replaces the console dump
         **reward_args,
     )

@@ -11,10 +11,12 @@ raised. This subclass:
 2. carries those features, one entry per row, through TRL's buffering, shuffling and
    splitting into every log-prob pass;
 3. suppresses the image/video pad tokens during sampling (a sampled pad token breaks the
-   next forward pass).
+   next forward pass);
+4. with ``use_vllm``, hands each row's clip to the colocated vLLM engine
+   (``ebmrl.train.vllm_video``), which TRL would otherwise prompt without the video.
 
 It overrides private TRL methods (``_tokenize_prompts``, ``_generate_and_score_completions``,
-``_get_per_token_logps_and_entropies``, ``_compute_loss``): TRL is pinned exactly, and
+``_generate_single_turn``, ``_get_per_token_logps_and_entropies``, ``_compute_loss``): TRL is pinned exactly, and
 ``tests/test_video_grpo.py`` asserts the contract (the vision tower receives a non-zero
 gradient), so an upgrade that breaks it fails loudly.
 """
@@ -30,6 +32,7 @@ from trl import GRPOTrainer
 
 from ebmrl.frame_store import FrameStore
 from ebmrl.models.vlm import vision_pad_token_ids
+from ebmrl.train.vllm_video import VideoLLM, check_vllm_settings, video_item
 
 # Keys under which per-row video features travel in TRL's batch dicts. Lists and
 # tensors with a leading row dimension survive TRL's shuffle/split unchanged.
@@ -37,6 +40,9 @@ VIDEO_PIXELS = "ebmrl_video_pixels"  # list[Tensor(rows_i, patch_dim)]
 VIDEO_GRID = "ebmrl_video_grid_thw"  # Tensor(B, 3)
 VIDEO_SECONDS = "ebmrl_second_per_grid_ts"  # Tensor(B,)
 VIDEO_KEYS = (VIDEO_PIXELS, VIDEO_GRID, VIDEO_SECONDS)
+
+# vLLM clamps logit biases to [-100, 100]; -100 is never sampled in practice.
+VLLM_SUPPRESS_BIAS = -100.0
 
 # mm_token_type_ids values used by Qwen-VL processors.
 IMAGE_TYPE, VIDEO_TYPE = 1, 2
@@ -95,6 +101,18 @@ def mm_token_type_ids(
     return types
 
 
+def video_fps(processor: Any, second_per_grid_ts: torch.Tensor | None, rows: int) -> list[float]:
+    """The frame rate our processor assumed for each row (vLLM must assume the same).
+
+    Processors without ``second_per_grid_ts`` (Qwen2-VL) put no time in the positions, so
+    any rate agrees; vLLM's own default (2 fps) is used.
+    """
+    if second_per_grid_ts is None:
+        return [2.0] * rows
+    patch = processor.video_processor.temporal_patch_size
+    return [patch / float(s) for s in second_per_grid_ts.tolist()]
+
+
 class VideoGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` whose prompts carry a video clip, looked up by ``clip_id``.
 
@@ -106,19 +124,24 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.frame_store = frame_store
         self._pending_videos: list[Any] | None = None
         self._video_rows: VideoRows | None = None
+        self._video_fps: list[float] | None = None
         super().__init__(*args, **kwargs)
-        if getattr(self.args, "use_vllm", False):
-            raise ValueError(
-                "VideoGRPOTrainer generates with transformers: vLLM rollouts in TRL 1.16 do not "
-                "receive video input, so the policy would be sampled blind. Set use_vllm: false."
-            )
         config = self.model.config
         self._video_token_id = config.video_token_id
         self._image_token_id = getattr(config, "image_token_id", None)
-        suppressed = set(self.generation_kwargs.get("suppress_tokens") or [])
-        suppressed |= set(vision_pad_token_ids(self.processing_class))
-        self.generation_kwargs["suppress_tokens"] = sorted(suppressed)
-        self.generation_config.suppress_tokens = sorted(suppressed)
+        pad_ids = vision_pad_token_ids(self.processing_class)
+        if self.use_vllm:
+            generation = self.vllm_generation
+            check_vllm_settings(generation.mode, generation.tensor_parallel_size)
+            generation.llm = VideoLLM(generation.llm)
+            # vLLM has no suppress_tokens; a large negative bias does the same.
+            bias = dict(generation.generation_kwargs.get("logit_bias") or {})
+            bias.update({token: VLLM_SUPPRESS_BIAS for token in pad_ids})
+            generation.generation_kwargs["logit_bias"] = bias
+        else:
+            suppressed = set(self.generation_kwargs.get("suppress_tokens") or []) | set(pad_ids)
+            self.generation_kwargs["suppress_tokens"] = sorted(suppressed)
+            self.generation_config.suppress_tokens = sorted(suppressed)
 
     # ------------------------------------------------------------------ generation
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -140,7 +163,27 @@ class VideoGRPOTrainer(GRPOTrainer):
         finally:
             self._pending_videos = None
             self._video_rows = None
+            self._video_fps = None
         return output
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
+        if not self.use_vllm:
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, **kw
+            )
+        if self._pending_videos is None or self._video_fps is None:
+            raise RuntimeError("vLLM rollout without the batch's clips (TRL internals changed?)")
+        llm = self.vllm_generation.llm
+        llm.videos = [
+            video_item(frames, fps)
+            for frames, fps in zip(self._pending_videos, self._video_fps, strict=True)
+        ]
+        try:
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, **kw
+            )
+        finally:
+            llm.videos = None
 
     def _tokenize_prompts(self, prompts: list):
         if self._pending_videos is None:
@@ -164,6 +207,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         grid = encoded["video_grid_thw"]
         pixels = list(torch.split(encoded["pixel_values_videos"], grid.prod(dim=-1).tolist()))
         self._video_rows = VideoRows(pixels, grid, encoded.get("second_per_grid_ts"))
+        self._video_fps = video_fps(processor, encoded.get("second_per_grid_ts"), len(prompts))
         fields: dict[str, Any] = {
             "pixel_values_videos": encoded["pixel_values_videos"],
             "video_grid_thw": grid,
