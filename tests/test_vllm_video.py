@@ -20,11 +20,14 @@ import yaml
 from test_video_grpo import frame_store, grpo_args, make_dataset, varied_reward  # noqa: F401
 
 from ebmrl.models import load_vlm
+from ebmrl.models.vlm import vision_pad_token_ids
 from ebmrl.train.video_grpo import VideoGRPOTrainer, video_fps
 from ebmrl.train.vllm_video import (
+    SUPPRESS_BIAS,
     VideoLLM,
     VideoRolloutError,
     check_vllm_settings,
+    prepare_colocated_engine,
     video_item,
     vllm_unavailable_reason,
     with_videos,
@@ -63,6 +66,10 @@ def test_requests_and_clips_pair_one_to_one():
 
 def test_unsupported_vllm_layouts_are_refused():
     check_vllm_settings("colocate", 1)
+    server = ColocatedGeneration(RecordingEngine([0]))
+    server.mode = "server"
+    with pytest.raises(ValueError, match="vllm_mode 'server'"):
+        prepare_colocated_engine(server, [7])
     with pytest.raises(ValueError, match="vllm_mode 'server' is not supported"):
         check_vllm_settings("server", 1)
     with pytest.raises(ValueError, match="vllm_tensor_parallel_size 2"):
@@ -144,10 +151,13 @@ def test_each_rollout_request_carries_its_rows_clip(tiny_models, frame_store, tm
     )
     tokenizer = processor.tokenizer
     engine = RecordingEngine(tokenizer.encode("Eyes up.") + [tokenizer.eos_token_id])
-    # What VideoGRPOTrainer.__init__ sets up when TRL built a real colocated engine.
+    # What VideoGRPOTrainer.__init__ does when TRL has built a real colocated engine.
     trainer.use_vllm = True
-    trainer.vllm_generation = ColocatedGeneration(VideoLLM(engine))
+    trainer.vllm_generation = ColocatedGeneration(engine)
     trainer._last_loaded_step = -1
+    prepare_colocated_engine(trainer.vllm_generation, vision_pad_token_ids(processor))
+    bias = trainer.vllm_generation.generation_kwargs["logit_bias"]
+    assert bias == {t: SUPPRESS_BIAS for t in vision_pad_token_ids(processor)} and bias
     rows = [dict(row) for row in make_dataset(frame_store)]
     batch = [row for row in rows for _ in range(2)]  # two completions per prompt
 

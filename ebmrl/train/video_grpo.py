@@ -32,7 +32,7 @@ from trl import GRPOTrainer
 
 from ebmrl.frame_store import FrameStore
 from ebmrl.models.vlm import vision_pad_token_ids
-from ebmrl.train.vllm_video import VideoLLM, check_vllm_settings, video_item
+from ebmrl.train.vllm_video import prepare_colocated_engine, video_item
 
 # Keys under which per-row video features travel in TRL's batch dicts. Lists and
 # tensors with a leading row dimension survive TRL's shuffle/split unchanged.
@@ -40,9 +40,6 @@ VIDEO_PIXELS = "ebmrl_video_pixels"  # list[Tensor(rows_i, patch_dim)]
 VIDEO_GRID = "ebmrl_video_grid_thw"  # Tensor(B, 3)
 VIDEO_SECONDS = "ebmrl_second_per_grid_ts"  # Tensor(B,)
 VIDEO_KEYS = (VIDEO_PIXELS, VIDEO_GRID, VIDEO_SECONDS)
-
-# vLLM clamps logit biases to [-100, 100]; -100 is never sampled in practice.
-VLLM_SUPPRESS_BIAS = -100.0
 
 # mm_token_type_ids values used by Qwen-VL processors.
 IMAGE_TYPE, VIDEO_TYPE = 1, 2
@@ -131,13 +128,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._image_token_id = getattr(config, "image_token_id", None)
         pad_ids = vision_pad_token_ids(self.processing_class)
         if self.use_vllm:
-            generation = self.vllm_generation
-            check_vllm_settings(generation.mode, generation.tensor_parallel_size)
-            generation.llm = VideoLLM(generation.llm)
-            # vLLM has no suppress_tokens; a large negative bias does the same.
-            bias = dict(generation.generation_kwargs.get("logit_bias") or {})
-            bias.update({token: VLLM_SUPPRESS_BIAS for token in pad_ids})
-            generation.generation_kwargs["logit_bias"] = bias
+            prepare_colocated_engine(self.vllm_generation, pad_ids)
         else:
             suppressed = set(self.generation_kwargs.get("suppress_tokens") or []) | set(pad_ids)
             self.generation_kwargs["suppress_tokens"] = sorted(suppressed)

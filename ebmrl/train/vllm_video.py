@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+# vLLM clamps logit biases to [-100, 100]; a token 100 nats down is never sampled in practice.
+SUPPRESS_BIAS = -100.0
+
 
 class VideoRolloutError(RuntimeError):
     """The vLLM rollout was asked to generate without one clip per prompt."""
@@ -116,3 +119,19 @@ def check_vllm_settings(mode: str, tensor_parallel_size: int) -> None:
             f"grpo.use_vllm: vllm_tensor_parallel_size {tensor_parallel_size} is not supported "
             "with video (each rank's clips stay on that rank); use 1"
         )
+
+
+def prepare_colocated_engine(generation: Any, suppressed_token_ids: Sequence[int]) -> VideoLLM:
+    """Make TRL's colocated ``VLLMGeneration`` video-ready; returns the wrapped engine.
+
+    Refuses unsupported layouts, wraps its ``llm`` in ``VideoLLM`` and keeps the given
+    tokens (the vision pads, which break the next forward pass if sampled) out of
+    sampling: vLLM has no ``suppress_tokens``, a -100 logit bias does the same.
+    """
+    check_vllm_settings(generation.mode, generation.tensor_parallel_size)
+    engine = generation.llm if isinstance(generation.llm, VideoLLM) else VideoLLM(generation.llm)
+    generation.llm = engine
+    bias = dict(generation.generation_kwargs.get("logit_bias") or {})
+    bias.update({int(token): SUPPRESS_BIAS for token in suppressed_token_ids})
+    generation.generation_kwargs["logit_bias"] = bias
+    return engine
