@@ -196,6 +196,25 @@ def test_video_fps_inverts_the_processors_time_step(tiny_models):
     assert patch / fps == pytest.approx(float(encoded["second_per_grid_ts"][0]))
     assert video_fps(processor, None, 2) == [2.0, 2.0]
 
+    # vLLM's Qwen2.5-VL processor turns the metadata into a VideoMetadata (all keys but
+    # do_sample_frames) and calls the same Hugging Face processor: same tokens, same time step.
+    from transformers.video_utils import VideoMetadata
+
+    _, meta = video_item(frames, fps)
+    as_vllm = processor(
+        text=["<|vision_start|><|video_pad|><|vision_end|>"],
+        videos=[frames],
+        video_metadata=[
+            VideoMetadata(**{k: v for k, v in meta.items() if k != "do_sample_frames"})
+        ],
+        return_tensors="pt",
+    )
+    assert as_vllm["input_ids"].tolist() == encoded["input_ids"].tolist()
+    assert as_vllm["video_grid_thw"].tolist() == encoded["video_grid_thw"].tolist()
+    assert float(as_vllm["second_per_grid_ts"][0]) == pytest.approx(
+        float(encoded["second_per_grid_ts"][0])
+    )
+
 
 def test_generate_without_clips_is_an_error():
     llm = VideoLLM(RecordingEngine([0]))
