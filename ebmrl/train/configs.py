@@ -116,6 +116,23 @@ def run_fingerprint(**inputs: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def training_code_identity(package: Path | None = None) -> str:
+    """A hash of the code that shapes a training run (training, rewards, models, prompts).
+
+    Part of the run fingerprint: after a code change DVC reruns the stage, and the rerun
+    must train with the new code rather than finish the old code's checkpoint.
+    """
+    import hashlib
+
+    package = package or Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for pattern in ("train/*.py", "rewards/*.py", "models/*.py", "prompts/*.txt"):
+        for path in sorted(package.glob(pattern)):
+            digest.update(path.relative_to(package).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def model_identity(path: str | Path) -> dict[str, Any]:
     """Size and modification time of a local model's weights (the id for a hub model)."""
     folder = Path(path)

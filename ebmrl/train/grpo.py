@@ -18,6 +18,7 @@ from ebmrl.train.configs import (
     lora_config,
     model_identity,
     run_fingerprint,
+    training_code_identity,
 )
 from ebmrl.train.inputs import TrainingInputs
 from ebmrl.train.prompting import grpo_row
@@ -137,6 +138,7 @@ def train_grpo(
         trainer_hook(trainer)
     fingerprint = run_fingerprint(
         grpo=section.model_dump(),
+        code=training_code_identity(),
         rewards=params.rewards.model_dump(),
         models=models.model_dump(),
         start=model_identity(section.init_model),

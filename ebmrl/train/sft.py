@@ -17,6 +17,7 @@ from ebmrl.train.configs import (
     model_identity,
     run_fingerprint,
     sft_args,
+    training_code_identity,
 )
 from ebmrl.train.format_check import greedy_format_scores
 from ebmrl.train.inputs import TrainingInputs
@@ -62,6 +63,11 @@ def train_sft(
     from datasets import Dataset
     from trl import SFTTrainer
 
+    from ebmrl.train.resume import ResumeWithConvertedKeys
+
+    class VideoSFTTrainer(ResumeWithConvertedKeys, SFTTrainer):
+        pass
+
     train_rows = [r for r in (sft_row(s, inputs.profiles) for s in inputs.train) if r is not None]
     if not train_rows:
         raise EmptyTrainingSet(
@@ -78,7 +84,7 @@ def train_sft(
     before, _ = greedy_format_scores(
         model, processor, held_out, inputs.frames, max_new_tokens=section.eval_max_new_tokens
     )
-    trainer = SFTTrainer(
+    trainer = VideoSFTTrainer(
         model=model,
         args=sft_args(section, models, checkpoints, list(report_to)),
         train_dataset=Dataset.from_list(train_rows),
@@ -89,6 +95,7 @@ def train_sft(
     )
     fingerprint = run_fingerprint(
         sft=section.model_dump(),
+        code=training_code_identity(),
         models=models.model_dump(),
         start=model_identity(models.vlm),
         rows=[(r["prompt_id"], r["clip_id"], r["completion"]) for r in train_rows],

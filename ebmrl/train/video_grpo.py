@@ -32,6 +32,7 @@ from trl import GRPOTrainer
 
 from ebmrl.frame_store import FrameStore
 from ebmrl.models.vlm import vision_pad_token_ids
+from ebmrl.train.resume import ResumeWithConvertedKeys
 from ebmrl.train.vllm_video import prepare_colocated_engine, video_item
 
 # Keys under which per-row video features travel in TRL's batch dicts. Lists and
@@ -110,7 +111,7 @@ def video_fps(processor: Any, second_per_grid_ts: torch.Tensor | None, rows: int
     return [patch / float(s) for s in second_per_grid_ts.tolist()]
 
 
-class VideoGRPOTrainer(GRPOTrainer):
+class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
     """``GRPOTrainer`` whose prompts carry a video clip, looked up by ``clip_id``.
 
     Dataset rows need ``prompt`` (a conversation whose user turn has a ``{"type": "video"}``
