@@ -130,3 +130,15 @@ def test_clip_hub_name_fails_clearly_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="ViT-L-14"):
         load_clip("ViT-L-14", pretrained="openai")
+
+
+def test_the_text_encoder_is_byte_identical_across_builds(tmp_path):
+    """A tiny model that changes from build to build reruns every DVC stage below it."""
+    from ebmrl.models import tiny
+
+    first = tiny.build_text_encoder(tmp_path / "a", seed=0)
+    second = tiny.build_text_encoder(tmp_path / "b", seed=0)
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name

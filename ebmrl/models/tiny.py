@@ -238,24 +238,39 @@ def build_clip(out: str | Path, seed: int = 0) -> Path:
 
 
 # ---------------------------------------------------------------------- text encoder
-def build_text_encoder(out: str | Path, seed: int = 0, vocab_size: int = 2000) -> Path:
+def wordpiece_vocab(corpus: list[str], specials: list[str]) -> dict[str, int]:
+    """A word-level WordPiece vocabulary: every corpus word, every character, sorted.
+
+    Built directly rather than with ``WordPieceTrainer``, whose merges break frequency
+    ties in hash order: its vocabulary differs from run to run, and so would every DVC
+    stage downstream of ``tiny_models``. Unseen words fall back to character pieces.
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    words: set[str] = set()
+    for text in corpus:
+        words.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in words for c in word})
+    tokens = [*specials, *chars, *(f"##{c}" for c in chars)]
+    tokens += sorted(words - set(chars))
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def build_text_encoder(out: str | Path, seed: int = 0) -> Path:
     """Save a tiny BERT with its own WordPiece vocabulary (a bert-score backbone)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     out = Path(out)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    core = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    vocab = wordpiece_vocab(tokenizer_corpus(), specials)
+    core = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     core.normalizer = normalizers.BertNormalizer(lowercase=True)
     core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     core.decoder = decoders.WordPiece()
-    core.train_from_iterator(
-        tokenizer_corpus(),
-        trainer=trainers.WordPieceTrainer(
-            vocab_size=vocab_size, special_tokens=specials, show_progress=False
-        ),
-    )
     from tokenizers.processors import TemplateProcessing
 
     cls_id, sep_id = core.token_to_id("[CLS]"), core.token_to_id("[SEP]")

@@ -60,13 +60,16 @@ def run(params: Params, args: argparse.Namespace) -> int:
     ingest.write_manifest(out / "manifest.parquet", result.clips)
     write_samples(out / "samples.jsonl", result.samples)
     report = result.report()
-    report["source"], report["seconds"] = source, round(time.perf_counter() - started, 2)
+    report["source"] = source
+    # No timing in the report: it is a DVC output the next stages depend on, and the
+    # same input must give the same bytes.
     write_json(out / "report.json", report)
     counts = report["counts"]
+    seconds = round(time.perf_counter() - started, 2)
     print(
         f"ingest: {counts['ok']} ok, {counts['quarantined']} quarantined, "
         f"{counts['duplicates']} duplicate(s), {counts['samples_imported']} sample(s) imported, "
-        f"{counts['records_rejected']} record(s) rejected in {report['seconds']}s -> {out}"
+        f"{counts['records_rejected']} record(s) rejected in {seconds}s -> {out}"
     )
     for item in report["quarantined"][:20]:
         print(f"  quarantined {item['uri']}: {item['reason']}")
