@@ -70,18 +70,26 @@ def make_dataset(store):
     return Dataset.from_list(rows)
 
 
-def test_vision_tower_gets_gradient_in_a_grpo_step(tiny_models, frame_store, tmp_path):
+def tiny_trainer(tiny_models, store, tmp_path, **kwargs):
+    """A VideoGRPOTrainer on the tiny VLM with the varied reward; returns it with its model
+    and processor."""
     model, processor = load_vlm(tiny_models["vlm"])
-    probe = VisionGradProbe(model)
     trainer = VideoGRPOTrainer(
         model=model,
         reward_funcs=[varied_reward],
         args=grpo_args(tmp_path),
-        train_dataset=make_dataset(frame_store),
+        train_dataset=make_dataset(store),
         processing_class=processor,
-        frame_store=frame_store,
-        callbacks=[probe],
+        frame_store=store,
+        **kwargs,
     )
+    return trainer, model, processor
+
+
+def test_vision_tower_gets_gradient_in_a_grpo_step(tiny_models, frame_store, tmp_path):
+    trainer, model, _ = tiny_trainer(tiny_models, frame_store, tmp_path)
+    probe = VisionGradProbe(model)
+    trainer.add_callback(probe)
     trainer.train()
     assert probe.norms and probe.norms[0] > 0, "vision tower received no gradient: video dropped"
     logged = trainer.state.log_history[0]
@@ -89,15 +97,7 @@ def test_vision_tower_gets_gradient_in_a_grpo_step(tiny_models, frame_store, tmp
 
 
 def test_pad_tokens_are_suppressed_in_generation(tiny_models, frame_store, tmp_path):
-    model, processor = load_vlm(tiny_models["vlm"])
-    trainer = VideoGRPOTrainer(
-        model=model,
-        reward_funcs=[varied_reward],
-        args=grpo_args(tmp_path),
-        train_dataset=make_dataset(frame_store),
-        processing_class=processor,
-        frame_store=frame_store,
-    )
+    trainer, model, _ = tiny_trainer(tiny_models, frame_store, tmp_path)
     suppressed = set(trainer.generation_config.suppress_tokens)
     assert {model.config.video_token_id, model.config.image_token_id} <= suppressed
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_video_grpo import frame_store, grpo_args, make_dataset, varied_reward  # noqa: F401
+from test_video_grpo import frame_store, make_dataset, tiny_trainer  # noqa: F401
 
 from ebmrl.models import load_vlm
 from ebmrl.models.vlm import vision_pad_token_ids
-from ebmrl.train.video_grpo import VideoGRPOTrainer, video_fps
+from ebmrl.train.video_grpo import video_fps
 from ebmrl.train.vllm_video import (
     SUPPRESS_BIAS,
     VideoLLM,
@@ -140,15 +140,7 @@ class ColocatedGeneration:
 
 
 def test_each_rollout_request_carries_its_rows_clip(tiny_models, frame_store, tmp_path):  # noqa: F811
-    model, processor = load_vlm(tiny_models["vlm"])
-    trainer = VideoGRPOTrainer(
-        model=model,
-        reward_funcs=[varied_reward],
-        args=grpo_args(tmp_path),
-        train_dataset=make_dataset(frame_store),
-        processing_class=processor,
-        frame_store=frame_store,
-    )
+    trainer, _, processor = tiny_trainer(tiny_models, frame_store, tmp_path)
     tokenizer = processor.tokenizer
     engine = RecordingEngine(tokenizer.encode("Eyes up.") + [tokenizer.eos_token_id])
     # What VideoGRPOTrainer.__init__ does when TRL has built a real colocated engine.
