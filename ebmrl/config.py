@@ -65,9 +65,35 @@ class ModelsSection(Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
 
 
+class TinyClipSection(Section):
+    """Contrastive training of the tiny CLIP on the demo's scene grammar
+    (``ebmrl.models.clip_training``); the frame geometry is the demo's (``demo``)."""
+
+    steps: Annotated[int, Field(ge=0)] = 1000
+    batch_size: Annotated[int, Field(ge=2)] = 64
+    learning_rate: Annotated[float, Field(gt=0)] = 2e-3
+    weight_decay: NonNegFloat = 0.01
+    warmup_steps: Annotated[int, Field(ge=0)] = 30
+    train_scenes: PositiveInt = 512
+    frames_per_scene: PositiveInt = 2
+    eval_scenes: Annotated[int, Field(ge=2)] = 64
+    torch_threads: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> TinyClipSection:
+        if self.batch_size > self.train_scenes * self.frames_per_scene:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) exceeds the training frames "
+                f"({self.train_scenes} scenes x {self.frames_per_scene})"
+            )
+        return self
+
+
 class TinyModelsSection(Section):
     out: str = "models/tiny"
     seed: int = 0
+    clip: TinyClipSection = TinyClipSection()
+    metrics: str = "metrics/tiny_models.json"  # the tiny CLIP's held-out retrieval
 
 
 # ----------------------------------------------------------------------------- demo

@@ -26,9 +26,15 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """The demo's tiny models: random-weight VLM and BERT, the CLIP trained to see the demo
+    scenes (as the tiny_models stage trains it, about a minute)."""
+    from ebmrl.config import TinyClipSection
     from ebmrl.models import tiny
+    from ebmrl.models.clip_training import train_clip
 
-    return tiny.build_all(tmp_path_factory.mktemp("tiny"), seed=0)
+    built = tiny.build_all(tmp_path_factory.mktemp("tiny"), seed=0)
+    train_clip(built["clip"], TinyClipSection(), seed=0)
+    return built
 
 
 @pytest.fixture(scope="session")
