@@ -77,7 +77,7 @@ class TinyClipSection(Section):
     train_scenes: PositiveInt = 512
     frames_per_scene: PositiveInt = 2
     eval_scenes: Annotated[int, Field(ge=2)] = 64
-    torch_threads: PositiveInt = 2
+    torch_threads: PositiveInt = 1
 
     @model_validator(mode="after")
     def _batch_fits(self) -> TinyClipSection:

@@ -34,6 +34,22 @@ class Turn(Record):
     utterance: str
 
 
+class SceneAttributes(Record):
+    """Ground truth of what a clip shows, where it is known (the demo's rendered clips:
+    ``ebmrl.data.demo``). Not in the public release: our extension, carried from the
+    records ingest imports to the evaluation's perception metric. Unknown: ``None``."""
+
+    background: str | None = None
+    lighting: str | None = None
+    figures: int | None = None
+    figure_colour: str | None = None
+    motion: str | None = None
+    danger: bool | None = None
+
+    def known(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
 class CharacterProfile(BaseModel):
     """A character sheet. Minor characters fill only some fields; extra fields are kept."""
 
@@ -130,6 +146,7 @@ _RELEASED_ORDER = (
     "solution",
     "process",
     "clip_id",
+    "scene_attributes",
 )
 
 
@@ -156,6 +173,9 @@ class Sample(Record):
     data_type: str | None = None
     problem_type: str | None = None
     solution: str | None = None
+    scene_attributes: SceneAttributes | None = Field(
+        None, description="ground truth of the clip's scene, when known (demo clips)"
+    )
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -224,6 +244,7 @@ class Sample(Record):
             ("problem_type", "problem_type"),
             ("solution", "solution"),
             ("clip_id", "clip_id"),
+            ("scene_attributes", "scene_attributes"),
         ):
             if rec.get(theirs) is not None:
                 fields[ours] = rec.pop(theirs)
@@ -257,8 +278,12 @@ class Sample(Record):
             "problem_type": self.problem_type,
             "solution": self.solution,
             "process": self.process,
-            # Not in the public release: our ingest's content-addressed clip id.
+            # Not in the public release: our ingest's content-addressed clip id, and the
+            # clip's known scene attributes.
             "clip_id": self.clip_id,
+            "scene_attributes": (
+                self.scene_attributes.known() if self.scene_attributes is not None else None
+            ),
         }
         # Optional fields absent from the source record stay absent (None = absent).
         out: dict[str, Any] = {}

@@ -59,6 +59,9 @@ def test_per_output_metrics(scorers, store):
     )
     assert perfect["answer_words"] == 7 and perfect["has_answer"] == 1.0
     assert 0 <= perfect["clipscore"] <= 2.5 and perfect["clip_truncated"] == 0.0
+    # The CLIP reward (best frame) is never below the mean frame cosine CLIPScore rescales.
+    assert perfect["clip_reward"] >= perfect["clipscore"] / 2.5 - 1e-6
+    assert "perception_accuracy" not in perfect  # no ground truth for this clip: no value
     assert perfect["distinct_1"] == pytest.approx(1.0)
     assert 0 < loose["rouge_l"] < 1 and loose["has_answer"] == 0.0 and loose["format_ok"] == 0.0
     assert 0 < loose["bertscore_f1"] < 1 and loose["clipscore"] == 0.0  # no perception
@@ -71,12 +74,17 @@ def test_per_output_metrics(scorers, store):
     assert summary["none"] == {
         "outputs": 1,
         "scored": 0,
+        "perception_scored": 0,
+        "perception_by_attribute": {},
         **{
             k: None
             for k in (
                 "bertscore_f1",
                 "rouge_l",
                 "clipscore",
+                "clip_reward",
+                "perception_accuracy",
+                "perception_hallucinated",
                 "format_ok",
                 "format_score",
                 "answer_words",
@@ -98,3 +106,30 @@ def test_system_summary_pools_distinct_n_over_the_lines():
     assert summary["a"]["distinct_1"] == pytest.approx(0.4)
     assert summary["a"]["distinct_2"] == pytest.approx(2 / 3)
     assert summary["a"]["answer_words"] == 2.5 and summary["a"]["bertscore_f1"] is None
+
+
+def test_perception_accuracy_only_where_the_scene_is_known():
+    truth = {"background": "blue", "lighting": "dim", "figures": 2, "figure_colour": "white",
+             "motion": "left", "danger": False}  # fmt: skip
+    right = "<perception>Two pale silhouettes heading left on a gloomy cobalt lane.</perception>"
+    wrong = "<perception>Three white figures in a bright red street, flames rising.</perception>"
+    items = [
+        AutoItem(SystemOutput("grpo", right), REFERENCE, "c", truth),
+        AutoItem(SystemOutput("sft", wrong), REFERENCE, "c", truth),
+        AutoItem(SystemOutput("base", "<answer>hi</answer>"), REFERENCE, "c", truth),
+        AutoItem(SystemOutput("base", right), REFERENCE, "c", None),  # no ground truth
+    ]
+    rows = score_outputs(items)
+    # Five of six attributes stated, all correctly (danger is not mentioned).
+    assert rows[0]["perception_accuracy"] == pytest.approx(5 / 6, abs=1e-6)
+    assert rows[0]["perception_hallucinated"] == 0.0
+    assert rows[0]["perception_attributes"]["danger"] == "unstated"
+    # figure colour right; count, background, lighting and danger wrong; motion unstated.
+    assert rows[1]["perception_accuracy"] == pytest.approx(1 / 6, abs=1e-6)
+    assert rows[1]["perception_hallucinated"] == pytest.approx(4 / 6, abs=1e-6)
+    assert rows[2]["perception_accuracy"] == 0.0 and rows[2]["perception_hallucinated"] == 0.0
+    assert "perception_accuracy" not in rows[3]
+    summary = summarize(items, rows)
+    assert summary["base"]["perception_scored"] == 1  # the clip without ground truth is out
+    assert summary["base"]["perception_accuracy"] == 0.0
+    assert summary["grpo"]["perception_by_attribute"]["motion"] == {"correct": 1.0, "wrong": 0.0}

@@ -5,7 +5,9 @@ Stands in for film clips on machines without data: every clip is drawn procedura
 cue) and encoded as a real H.264 mp4 with PyAV, so the whole pipeline (decord decoding,
 CLIP frame embeddings, VLM video input) runs on genuine video files. Because each scene's
 attributes are known, the reference perceptions and replies are grounded in what the
-frames show, which is what the rewards measure.
+frames show, which is what the rewards measure; each sample carries its clip's
+attributes (``Sample.scene_attributes``), so the evaluation can check perceptions
+against the ground truth.
 
 Characters and lines are our own invention ("The Lantern Quarter"), written in the
 released data format so the same importer reads them.
@@ -21,8 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ebmrl.data.scene_words import scene_attributes
 from ebmrl.io import atomic_path, write_json
-from ebmrl.schema import CharacterProfile, ProfileBook, Sample, Turn, dump_profiles, dump_released
+from ebmrl.schema import (
+    CharacterProfile,
+    ProfileBook,
+    Sample,
+    SceneAttributes,
+    Turn,
+    dump_profiles,
+    dump_released,
+)
 
 UNIVERSE = "The Lantern Quarter"
 
@@ -353,6 +364,7 @@ def make_samples(
                     clip_id=scene.clip_id,
                     solution=f"<answer>{reply}</answer>",
                     process=Sample.trace(perception_text(scene), think_text(scene, assistant)),
+                    scene_attributes=SceneAttributes(**scene_attributes(scene)),
                 )
             )
             history[session_id] += [turns[-1], Turn(speaker=assistant, utterance=reply)]

@@ -8,6 +8,11 @@ Per output (``score_outputs``):
 - ``clipscore``: CLIPScore (Hessel et al., 2021) of the ``<perception>`` block against the
   clip, averaged over the stored frames: ``2.5 * max(0, mean_t cos(text, frame_t))``,
   with frame embeddings read from the frame store; 0 when there is no perception;
+- ``clip_reward``: the CLIP reward as GRPO trains on it (Max variant: the highest cosine
+  of the perception with any stored frame); 0 when there is no perception;
+- ``perception_accuracy`` / ``perception_hallucinated``: the share of the clip's known
+  scene attributes the perception states correctly / wrongly (``ebmrl.eval.perception``),
+  only for clips with ground truth (``AutoItem.truth``);
 - ``format_score`` (the dense format reward, in [-5, 5]) and ``format_ok`` (1 when
   perfect): the format-compliance rate is the mean of ``format_ok``;
 - ``answer_words``: words in the spoken line; ``has_answer``: an ``<answer>`` block exists;
@@ -20,17 +25,18 @@ system's lines (the usual corpus-level diversity). A value that could not be com
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ebmrl.eval.outputs import SystemOutput
+from ebmrl.eval.perception import perception_scores
 from ebmrl.eval.text_metrics import distinct_n, rouge_l, words
 from ebmrl.frame_store import l2_normalise
 from ebmrl.rewards.answer import F1Scorer, clip_unit
-from ebmrl.rewards.clip import ClipTextEncoder
+from ebmrl.rewards.clip import ClipTextEncoder, max_frame_similarity
 from ebmrl.rewards.format import format_score, max_format_score
 
 CLIPSCORE_WEIGHT = 2.5  # Hessel et al.: rescales CLIP cosines to roughly [0, 1]
@@ -39,6 +45,9 @@ PER_SYSTEM_METRICS = (
     "bertscore_f1",
     "rouge_l",
     "clipscore",
+    "clip_reward",
+    "perception_accuracy",
+    "perception_hallucinated",
     "format_ok",
     "format_score",
     "answer_words",
@@ -48,11 +57,13 @@ PER_SYSTEM_METRICS = (
 
 @dataclass(frozen=True)
 class AutoItem:
-    """One output to score: the system's output, the sample's reference and clip."""
+    """One output to score: the system's output, the sample's reference and clip, and the
+    clip's known scene attributes (``None``: no ground truth)."""
 
     output: SystemOutput
     reference: str
     clip_id: str
+    truth: Mapping[str, Any] | None = None
 
 
 def clip_score(text_embedding: np.ndarray, frame_embeddings: np.ndarray) -> float:
@@ -90,7 +101,11 @@ def score_outputs(
             distinct_2=round(distinct_n([spoken], 2), 6),
             bertscore_f1=None,
             clipscore=None,
+            clip_reward=None,
         )
+        scores = perception_scores(item.output.perception, item.truth)
+        if scores is not None:
+            row.update(scores)
     ok = [i for i, item in enumerate(items) if item.output.ok]
     if bert is not None:
         _bertscore(items, results, ok, bert, batch_size)
@@ -118,7 +133,7 @@ def _clipscore(items, results, ok, clip: ClipTextEncoder, frame_embeddings) -> N
     asked = [i for i in ok if perceptions[i]]
     for i in ok:
         if not perceptions[i]:
-            results[i]["clipscore"] = 0.0
+            results[i]["clipscore"] = results[i]["clip_reward"] = 0.0
     if not asked:
         return
     encoded = clip.encode_texts([perceptions[i] for i in asked])
@@ -128,6 +143,7 @@ def _clipscore(items, results, ok, clip: ClipTextEncoder, frame_embeddings) -> N
         except (KeyError, OSError, ValueError):  # a missing clip: left out, not zero
             continue
         results[i]["clipscore"] = round(clip_score(encoded.vectors[row], frames), 6)
+        results[i]["clip_reward"] = round(max_frame_similarity(encoded.vectors[row], frames), 6)
         results[i]["clip_truncated"] = float(encoded.truncated[row])
 
 
@@ -141,11 +157,34 @@ def summarize(items: Sequence[AutoItem], per_item: Sequence[dict[str, Any]]) -> 
     for system, indices in systems.items():
         scored = [i for i in indices if per_item[i]]
         entry: dict[str, Any] = {"outputs": len(indices), "scored": len(scored)}
+        entry["perception_scored"] = sum(
+            1 for i in scored if per_item[i].get("perception_accuracy") is not None
+        )
         for name in PER_SYSTEM_METRICS:
             values = [per_item[i][name] for i in scored if per_item[i].get(name) is not None]
             entry[name] = round(float(np.mean(values)), 6) if values else None
+        entry["perception_by_attribute"] = _by_attribute(
+            [
+                per_item[i]["perception_attributes"]
+                for i in scored
+                if "perception_attributes" in per_item[i]
+            ]
+        )
         spoken = [items[i].output.spoken for i in scored]
         entry["distinct_1"] = round(distinct_n(spoken, 1), 6) if scored else None
         entry["distinct_2"] = round(distinct_n(spoken, 2), 6) if scored else None
         summary[system] = entry
     return summary
+
+
+def _by_attribute(verdicts: Sequence[Mapping[str, str]]) -> dict[str, dict[str, float]]:
+    """Per attribute: the share of outputs stating it correctly and wrongly (for the report)."""
+    names = dict.fromkeys(name for v in verdicts for name in v)
+    out = {}
+    for name in names:
+        said = [v[name] for v in verdicts if name in v]
+        out[name] = {
+            kind: round(sum(x == kind for x in said) / len(said), 6)
+            for kind in ("correct", "wrong")
+        }
+    return out

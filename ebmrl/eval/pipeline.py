@@ -146,7 +146,12 @@ def evaluate_outputs(
     outputs = outputs_by_sample(per_system, samples)
     keys = [prompt_id(s) for s in samples for _ in systems]
     items = [
-        auto_metrics.AutoItem(output, s.target.utterance, str(s.clip_id))
+        auto_metrics.AutoItem(
+            output,
+            s.target.utterance,
+            str(s.clip_id),
+            s.scene_attributes.known() if s.scene_attributes is not None else None,
+        )
         for s in samples
         for output in outputs[prompt_id(s)]
     ]

@@ -2,10 +2,12 @@
 
 ``render_report(data)`` turns the evaluation's data (see ``ebmrl.eval.evaluation``:
 summaries, per-sample records with inline frame thumbnails) into a self-contained page:
-a summary table first, then what could not be scored and why, pairwise and VideoQA
-results, charts (inline SVG), and one card per sample with its frames, both character
-sheets, the conversation, the reference, and every system's perception, thinking,
-answer and scores side by side.
+what the run is (for the offline demo: tiny models, synthetic clips), what training
+changed (perception against the clips' ground truth and the rewards, per system, and
+the GRPO reward curves), a summary table, the judge (and whether to trust it), what
+could not be scored and why, pairwise and VideoQA results, charts (inline SVG), and one
+card per sample with its frames, both character sheets, the conversation, the reference,
+and every system's perception, thinking, answer and scores side by side.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ AUTO_COLUMNS = (
     ("bertscore_f1", "BERTScore F1", 3),
     ("rouge_l", "ROUGE-L", 3),
     ("clipscore", "CLIPScore", 3),
+    ("clip_reward", "CLIP reward", 3),
+    ("perception_accuracy", "Perception accuracy", 2),
+    ("perception_hallucinated", "Hallucinated", 2),
     ("format_ok", "Format rate", 2),
     ("answer_words", "Answer words", 1),
     ("distinct_1", "Distinct-1", 2),
@@ -59,6 +64,9 @@ td.best { font-weight: bold; background: #eef6ee; }
   border-radius: 3px; background: #eef; }
 .scores span.not { background: #fbe9e9; color: #a33; }
 .chart { background: #fff; border: 1px solid #ddd; padding: 8px; overflow-x: auto; }
+.about { background: #fff8e1; border: 1px solid #e8d9a8; border-radius: 6px;
+  padding: 10px 14px; font-size: 15px; }
+td.wrong { color: #a33; }
 """
 
 
@@ -79,6 +87,136 @@ def _best(values: Mapping[str, Any]) -> set[str]:
 
 
 # -------------------------------------------------------------------- sections
+def about_section(about: Mapping[str, Any]) -> str:
+    """What this run is and is not, in two sentences, when its models or clips are the
+    offline demo's (the stage detects them)."""
+    tiny, synthetic = about.get("tiny_models") or [], about.get("synthetic_clips") or 0
+    if not tiny and not synthetic:
+        return ""
+    what = []
+    if tiny:
+        what.append("tiny models built on this machine (" + ", ".join(map(str, tiny)) + ")")
+    if synthetic:
+        what.append(f"{synthetic} synthetic, procedurally rendered clips with known scenes")
+    return (
+        "<div class='about' id='about'><b>This is the offline demo of the EBM-RL pipeline"
+        f"</b>: {escape(' and '.join(what))}, so every stage, reward and metric really runs "
+        "and the perception can be checked against the ground truth of each clip. It is not "
+        "a measure of role-play quality: the numbers show whether training moves the "
+        "method's signals the right way, not how good a character a real model plays "
+        "(for that, run the paper profile on real clips with a real judge).</div>"
+    )
+
+
+def perception_section(data: Mapping[str, Any]) -> str:
+    """Perception against the ground truth, per system and per attribute."""
+    systems: Sequence[str] = data["systems"]
+    auto = data.get("auto") or {}
+    scored = {s: auto.get(s, {}).get("perception_accuracy") for s in systems}
+    if all(v is None for v in scored.values()):
+        return ""
+    names = list(
+        dict.fromkeys(
+            n for s in systems for n in (auto.get(s, {}).get("perception_by_attribute") or {})
+        )
+    )
+    head = ["System", "Accuracy", "Hallucinated", "Outputs with ground truth"] + names
+    best = _best(scored)
+    rows = []
+    for system in systems:
+        entry = auto.get(system, {})
+        klass = " class='best'" if system in best else ""
+        cells = [
+            f"<td>{escape(system)}</td>",
+            f"<td{klass}>{_num(entry.get('perception_accuracy'), 2)}</td>",
+            f"<td>{_num(entry.get('perception_hallucinated'), 2)}</td>",
+            f"<td>{entry.get('perception_scored', 0)}</td>",
+        ]
+        by = entry.get("perception_by_attribute") or {}
+        for name in names:
+            shares = by.get(name)
+            cells.append(
+                "<td>—</td>"
+                if shares is None
+                else f"<td>{shares['correct']:.2f} <span class='small wrong'>"
+                f"({shares['wrong']:.2f} wrong)</span></td>"
+            )
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    note = (
+        "<p class='small'>For clips whose scene is known (the demo's rendered clips), the "
+        "perception block is read with the scene vocabulary and its synonyms: accuracy is "
+        "the share of the clip's attributes (background colour, lighting, number of "
+        "figures, their colour, their motion, danger) it states correctly, hallucinated the "
+        "share it states wrongly; unmentioned attributes count as neither. It sits next to "
+        "CLIPScore and the CLIP reward, which score the same block with the CLIP model "
+        "instead of the ground truth. Clips without ground truth are left out.</p>"
+    )
+    head_html = "".join(f"<th>{escape(h.replace('_', ' '))}</th>" for h in head)
+    return f"{note}<table id='perception'><tr>{head_html}</tr>{''.join(rows)}</table>"
+
+
+STAGE_CURVES = (
+    ("perception_accuracy", "perception accuracy"),
+    ("perception_hallucinated", "perception hallucinated"),
+    ("clip_reward", "CLIP reward"),
+    ("clipscore", "CLIPScore"),
+    ("format_score", "format reward"),
+    ("bertscore_f1", "answer reward (BERTScore F1)"),
+)
+
+
+def stage_curves(data: Mapping[str, Any]) -> str:
+    """One curve per metric across the systems in their order (base, sft, grpo)."""
+    systems: Sequence[str] = data["systems"]
+    auto = data.get("auto") or {}
+    series = {}
+    for key, label in STAGE_CURVES:
+        points = [
+            (float(i), float(auto[s][key]))
+            for i, s in enumerate(systems)
+            if isinstance((auto.get(s) or {}).get(key), int | float)
+        ]
+        if len(points) == len(systems) and len(systems) > 1:
+            series[label] = points
+    if not series:
+        return ""
+    chart = svg.line_panels(series, x_label="system", x_ticks=list(systems))
+    return f"<div class='chart' id='stage-curves'>{chart}</div>"
+
+
+def judge_section(data: Mapping[str, Any]) -> str:
+    """Who judged, whether to believe it, and how to use a real judge."""
+    info, about = data.get("info") or {}, data.get("about") or {}
+    judge = info.get("judge")
+    if judge in (None, "off"):
+        return (
+            "<p id='judge'>No judge ran. Judge with any OpenAI-compatible endpoint: "
+            "<code>ebmrl evaluate --judge-url URL --judge-model NAME</code>.</p>"
+        )
+    stats = data.get("judge_stats") or {}
+    counts = ""
+    if stats:
+        counts = (
+            f" It was asked {stats.get('requests', 0)} time(s); "
+            f"{stats.get('invalid_replies', 0)} repl(ies) were not valid JSON scores."
+        )
+    how = (
+        "Point it at a real judge (a strong VLM served by vLLM, SGLang or a hosted API) with "
+        "<code>ebmrl evaluate --judge-url https://HOST/v1 --judge-model NAME</code>, or in "
+        "params.yaml: <code>evaluate.judge.backend: {kind: http, base_url: https://HOST/v1, "
+        "model: NAME}</code> with <code>evaluate.judge.serve_local: false</code> (the API key "
+        "comes from the variable named by <code>api_key_env</code>)."
+    )
+    if about.get("tiny_judge"):
+        return (
+            "<p id='judge' class='gap'><b>The judge here is a tiny model with random weights "
+            f"({escape(str(judge))})</b>: it cannot grade anything, so its VEG/SPC/CN scores "
+            'and pairwise verdicts are noise or "not scored", by design rather than by '
+            f"accident.{escape(counts)} {how}</p>"
+        )
+    return f"<p id='judge'>Judge: {escape(str(judge))}.{escape(counts)} {how}</p>"
+
+
 def summary_table(data: Mapping[str, Any]) -> str:
     systems: Sequence[str] = data["systems"]
     judge = data.get("judge") or {}
@@ -294,12 +432,37 @@ def render_report(data: Mapping[str, Any]) -> str:
     )
     sections = [
         f"<h1>{escape(data.get('title', 'Evaluation'))}</h1><p class='info'>{info}</p>",
+        about_section(data.get("about") or {}),
+    ]
+    perception, curves = perception_section(data), stage_curves(data)
+    rewards = svg.reward_series(data.get("reward_history") or [])
+    if perception or curves or rewards:
+        sections.append("<h2 id='learning'>What training changed</h2>")
+    if perception:
+        sections += ["<h3>Perception against the ground truth</h3>", perception]
+    if curves:
+        sections += [
+            "<h3>Perception and rewards per system</h3>",
+            "<p class='small'>Each system's greedy outputs on the evaluation samples, in the "
+            "order the systems are listed (base model, after SFT, after GRPO).</p>",
+            curves,
+        ]
+    if rewards:
+        sections += [
+            "<h3>GRPO reward curves</h3>",
+            f"<div class='chart'>{svg.line_panels(rewards)}</div>",
+        ]
+    sections += [
         "<h2>Summary</h2>",
         summary_table(data),
         "<p class='small'>Judge scores are 0–100 (VEG, SPC: the judge sees 8 frames; CN: "
         "text only), the mean of scored samples; bold: best per column. Automatic metrics "
         "compare the spoken line with the reference (BERTScore, ROUGE-L) and the perception "
-        "with the clip (CLIPScore); format rate: share of perfectly formatted outputs.</p>",
+        "with the clip (CLIPScore, and the CLIP reward: the best frame's cosine); perception "
+        "accuracy checks it against the clip's known scene; format rate: share of perfectly "
+        "formatted outputs.</p>",
+        "<h2>Judge</h2>",
+        judge_section(data),
         "<h2>Not scored</h2>",
         gaps_section(data),
     ]
@@ -312,13 +475,6 @@ def render_report(data: Mapping[str, Any]) -> str:
             "<h2>Metrics per system</h2>",
             f"<div class='chart'>{svg.bar_panels(data['plot_rows'], systems)}</div>",
         ]
-    if data.get("reward_history"):
-        series = svg.reward_series(data["reward_history"])
-        if series:
-            sections += [
-                "<h2>GRPO reward curves</h2>",
-                f"<div class='chart'>{svg.line_panels(series)}</div>",
-            ]
     sections.append(f"<h2>Samples ({len(data.get('samples', []))})</h2>")
     sections += [sample_card(s, systems, metrics) for s in data.get("samples", [])]
     return (

@@ -76,9 +76,16 @@ def bar_panels(
 
 
 def line_panels(
-    series: Mapping[str, Sequence[tuple[float, float]]], x_label: str = "step", columns: int = 3
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    x_label: str = "step",
+    columns: int = 3,
+    x_ticks: Sequence[str] | None = None,
 ) -> str:
-    """Small multiples: one line chart per series (own y range), shared x label."""
+    """Small multiples: one line chart per series (own y range), shared x label.
+
+    ``x_ticks`` names the points x = 0, 1, ... (e.g. the systems base, sft, grpo: one
+    curve across the training stages) instead of printing the x range.
+    """
     names = [n for n, points in series.items() if points]
     if not names:
         return "<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'></svg>"
@@ -130,10 +137,17 @@ def line_panels(
                 f"<text x='{x0 + left - 4}' y='{y0 + anchor_y}' text-anchor='end'>{_fmt(value)}</text>"
             )
         base = y0 + top_pad + plot_h + 14
-        parts.append(f"<text x='{x0 + left}' y='{base}'>{_fmt(x_min)}</text>")
-        parts.append(
-            f"<text x='{x0 + left + plot_w}' y='{base}' text-anchor='end'>{_fmt(x_max)}</text>"
-        )
+        if x_ticks is not None:
+            for tick, label in enumerate(x_ticks):
+                anchor = "start" if tick == 0 else "end" if tick == len(x_ticks) - 1 else "middle"
+                parts.append(
+                    f"<text x='{sx(tick):.1f}' y='{base}' text-anchor='{anchor}'>{escape(label)}</text>"
+                )
+        else:
+            parts.append(f"<text x='{x0 + left}' y='{base}'>{_fmt(x_min)}</text>")
+            parts.append(
+                f"<text x='{x0 + left + plot_w}' y='{base}' text-anchor='end'>{_fmt(x_max)}</text>"
+            )
         parts.append(
             f"<text x='{x0 + left + plot_w / 2}' y='{base + 12}' text-anchor='middle' "
             f"fill='#666'>{escape(x_label)}</text>"

@@ -67,6 +67,25 @@ def _videoqa_summaries(folder: str | None) -> dict:
     return out
 
 
+def _is_tiny(model: str | None) -> bool:
+    """A model folder built by ``ebmrl tiny-models`` (it carries the tiny-model marker)."""
+    return bool(model) and (Path(str(model)) / "EBMRL_TINY.json").is_file()
+
+
+def _about(section, models, judge_section, judged: bool, samples) -> dict:
+    """What the report's first section says: which models are tiny, how many clips are
+    synthetic (their scene is known: the demo's rendered clips)."""
+    systems = [s.model or models.vlm for s in section.systems if not s.base_url]
+    judge_model = judge_section.backend.model or models.vlm
+    tiny_judge = judged and judge_section.backend.kind == "local" and _is_tiny(judge_model)
+    clips = {s.clip_id for s in samples if s.scene_attributes is not None}
+    return {
+        "tiny_models": sorted({m for m in [*systems, models.vlm] if _is_tiny(m)}),
+        "tiny_judge": tiny_judge,
+        "synthetic_clips": len(clips),
+    }
+
+
 def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl import tracking
     from ebmrl.backends import GenerationClient, ResponseCache, concurrency, retry_policy
@@ -185,6 +204,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             store.close()
         report = {
             "title": "EBM-RL evaluation",
+            "about": _about(section, models, judge_section, judged, samples),
             "info": {
                 "split": section.split,
                 "samples": len(samples),
@@ -195,6 +215,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             "judge": result.judge,
             "auto": result.auto,
             "pairwise": result.pairwise,
+            "judge_stats": result.judge_stats,
             "videoqa": _videoqa_summaries(section.videoqa_metrics),
             "plot_rows": result.plot_rows,
             "reward_history": _reward_history(section.training_log),
@@ -204,7 +225,6 @@ def run(params: Params, args: argparse.Namespace) -> int:
         results = {
             **{k: v for k, v in report.items() if k != "samples"},
             "generation": generation_stats,
-            "judge_stats": result.judge_stats,
             "samples": [{k: v for k, v in r.items() if k != "frames"} for r in result.records],
         }
         write_json(out / "results.json", results)
@@ -224,7 +244,12 @@ def _print_summary(result, out: Path, seconds: float) -> None:
     for system in result.systems:
         auto = result.auto.get(system, {})
         line = f"  {system:8s} bertscore={auto.get('bertscore_f1')} rouge_l={auto.get('rouge_l')}"
-        line += f" format_rate={auto.get('format_ok')}"
+        line += f" format_rate={auto.get('format_ok')} clip_reward={auto.get('clip_reward')}"
+        if auto.get("perception_accuracy") is not None:
+            line += (
+                f" perception_accuracy={auto['perception_accuracy']}"
+                f" hallucinated={auto['perception_hallucinated']}"
+            )
         if result.judge is not None:
             entry = result.judge[system]
             for metric in result.judge_metrics:
