@@ -2,6 +2,7 @@ import numpy as np
 
 from ebmrl import video
 from ebmrl.data import demo
+from ebmrl.data.scene_words import scene_attributes
 from ebmrl.schema import load_profiles, load_released
 
 
@@ -45,6 +46,7 @@ def test_samples_follow_the_released_format_and_are_grounded(demo_data):
         assert (demo_data["samples"].parent / sample.video).is_file()
         assert sample.has_trace and sample.solution == f"<answer>{sample.target.utterance}</answer>"
         assert sample.perception == demo.perception_text(scene)
+        assert sample.scene_attributes.known() == scene_attributes(scene)  # the ground truth
         assert ("dangerous" in sample.perception) == scene.danger
         assert sample.target.speaker == sample.assistant
         assert book.get(sample.assistant, sample.source) is not None

@@ -192,3 +192,24 @@ def test_fuzz_arbitrary_json_never_crashes_the_importer(data):
     except SchemaError:
         return
     assert all(isinstance(s, Sample) for s in samples)
+
+
+def test_scene_attributes_round_trip_and_bad_ones_are_named():
+    record = {
+        "problem_id": 1, "session_id": "s", "user": "u", "assistant": "a", "dialogue": [],
+        "target": {"speaker": "a", "utterance": "hi"}, "video_path": "v.mp4",
+        "scene_attributes": {"background": "blue", "figures": 2, "danger": True},
+    }  # fmt: skip
+    sample = Sample.from_released(record)
+    assert sample.scene_attributes.known() == {"background": "blue", "figures": 2, "danger": True}
+    assert sample.to_released()["scene_attributes"] == record["scene_attributes"]
+    assert (
+        "scene_attributes"
+        not in Sample.from_released(
+            {k: v for k, v in record.items() if k != "scene_attributes"}
+        ).to_released()
+    )
+    with pytest.raises(SchemaError, match="scene_attributes.figures"):
+        Sample.from_released({**record, "scene_attributes": {"figures": "many"}})
+    with pytest.raises(SchemaError, match="scene_attributes.colour"):
+        Sample.from_released({**record, "scene_attributes": {"colour": "blue"}})

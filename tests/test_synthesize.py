@@ -49,6 +49,14 @@ def test_raw_lines_keeps_film_lines_and_traces_split_by_session(tmp_path, demo_s
     store = ShardedFrameStore.open(demo_store["frames"])
     assert {s.clip_id for s in train + test} <= set(store.clip_ids())
     assert all(s.has_trace for s in train + test)  # the demo's grounded traces are kept
+    # The ground truth of each clip travels with its samples (for perception_accuracy).
+    from pathlib import Path
+
+    from ebmrl.data.demo import load_scenes
+    from ebmrl.data.scene_words import scene_attributes
+
+    scenes = {s.clip_id: scene_attributes(s) for s in load_scenes(demo_data["scenes"])}
+    assert all(s.scene_attributes.known() == scenes[Path(s.video).stem] for s in train + test)
     assert load_dataset_profiles(out).get("Mira Vale") is not None
     import datasets
 
@@ -58,6 +66,7 @@ def test_raw_lines_keeps_film_lines_and_traces_split_by_session(tmp_path, demo_s
     again = load_released(released["train"])
     assert [s.target for s in again] == [s.target for s in train]
     assert [s.process for s in again] == [s.process for s in train]
+    assert [s.scene_attributes for s in again] == [s.scene_attributes for s in train]
 
 
 def test_a_given_trace_that_copies_the_reply_is_removed_and_reported(

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,3 +143,119 @@ def test_the_text_encoder_is_byte_identical_across_builds(tmp_path):
     assert names == sorted(p.name for p in second.iterdir())
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+# ------------------------------------------------------- the tiny CLIP that sees (issue 13)
+def test_the_fast_text_path_equals_open_clips_encode_text(tiny_models):
+    from ebmrl.models.clip_training import encode_text_prefix
+
+    model, _, tokenizer = load_clip(tiny_models["clip"])
+    tokens = tokenizer(["Two teal figures in a dim street.", "Fire.", "A very " * 30])
+    with torch.no_grad():
+        assert torch.allclose(encode_text_prefix(model, tokens), model.encode_text(tokens))
+
+
+def test_clip_training_is_deterministic_and_loads_like_any_open_clip_folder(tmp_path):
+    from ebmrl.config import TinyClipSection
+    from ebmrl.models import tiny
+    from ebmrl.models.clip_training import train_clip
+
+    settings = TinyClipSection(steps=15, batch_size=16, train_scenes=24, eval_scenes=8)
+    reports = []
+    for name in ("a", "b"):
+        reports.append(train_clip(tiny.build_clip(tmp_path / name, seed=1), settings, seed=1))
+    weights = "open_clip_model.safetensors"
+    assert (tmp_path / "a" / weights).read_bytes() == (tmp_path / "b" / weights).read_bytes()
+    assert reports[0] == reports[1]
+    assert (tmp_path / "a" / weights).read_bytes() != tiny.build_clip(
+        tmp_path / "c", seed=1
+    ).joinpath(weights).read_bytes()  # training changed the weights
+    marker = json.loads((tmp_path / "a" / "EBMRL_TINY.json").read_text())
+    assert marker["random_weights"] is False and marker["training"]["steps"] == 15
+    model, preprocess, tokenizer = load_clip(tmp_path / "a")  # the same path as ViT-L-14
+    assert model.encode_text(tokenizer(["x"])).shape == (1, 32)
+
+
+def test_clip_training_never_renders_the_demos_clips():
+    from ebmrl.data import demo
+    from ebmrl.models.clip_training import EVAL_STREAM, TRAIN_STREAM, SceneGeometry, render_scenes
+
+    def identity(image):
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(image)))
+
+    seen = set()
+    for index, scene in enumerate(demo.make_scenes(24, 0, 128, 96, 8, 2.0, 18.0)):
+        seen |= {f.tobytes() for f in demo.render_frames(scene, index)}  # demo seed 0
+    for stream in (TRAIN_STREAM, EVAL_STREAM):
+        rendered = render_scenes(40, 0, stream, SceneGeometry(), identity, frames=2)
+        assert len(rendered.images) == 80
+        assert not {img.numpy().tobytes() for img in rendered.images} & seen
+
+
+def test_the_trained_clip_sees_the_demo_clips(tiny_models, demo_data):
+    """On the demo's own H.264 clips (never trained on): each clip's reference perception
+    is closest to its own frames, and a wrong colour or danger lowers the CLIP reward."""
+    from ebmrl.data import demo
+    from ebmrl.rewards.clip import OpenClipEncoder, max_frame_similarity
+
+    encoder = OpenClipEncoder.load(str(tiny_models["clip"]))
+    scenes = demo.load_scenes(demo_data["scenes"])
+    frames = [
+        encoder.encode_frames(
+            video.sample_frames(demo_data["videos"] / f"{s.clip_id}.mp4", count=4)[0]
+        )
+        for s in scenes
+    ]
+    texts = encoder.encode_texts([demo.perception_text(s) for s in scenes]).vectors
+    rewards = np.array([[max_frame_similarity(t, f) for f in frames] for t in texts])
+    assert (rewards.argmax(axis=1) == np.arange(len(scenes))).mean() >= 0.5, rewards
+    for scene, own in zip(scenes, frames, strict=True):
+        right = demo.perception_text(scene)
+        other = next(c for c in demo.COLOURS if c != scene.background)
+        wrong_colour = right.replace(f" {scene.background} street", f" {other} street")
+        flipped = demo.perception_text(demo.Scene(**{**scene.__dict__, "danger": not scene.danger}))
+        vectors = encoder.encode_texts([right, wrong_colour, flipped]).vectors
+        score = [max_frame_similarity(v, own) for v in vectors]
+        assert score[0] > score[1] and score[0] > score[2], (scene, score)
+
+
+def test_the_tiny_models_stage_reports_retrieval_above_chance(tmp_path):
+    import yaml
+
+    from ebmrl.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {"tiny_models": {"clip": {"steps": 150, "train_scenes": 128, "eval_scenes": 32}}}
+        )
+    )
+    out, metrics = tmp_path / "tiny", tmp_path / "tiny_models.json"
+    args = ["--params", str(params), "tiny-models", "--out", str(out), "--metrics", str(metrics)]
+    assert main(args) == 0
+    report = json.loads(metrics.read_text())["clip"]
+    assert report["retrieval_chance"] == pytest.approx(1 / 32, abs=1e-4)
+    assert report["retrieval_top1"] >= 3 * report["retrieval_chance"], report
+    assert report["retrieval_top1"] > report["untrained"]["retrieval_top1"]
+    assert report["attribute_accuracy"]["background"] > 2 * report["attribute_chance"]["background"]
+    flat = json.dumps(report)
+    assert "second" not in flat and "time" not in flat  # timings go to the log, not metrics
+    assert sorted(p.name for p in out.iterdir()) == ["clip", "minilm", "qwen2_5_vl", "text_encoder"]
+
+
+def test_the_packaged_minilm_is_the_real_encoder(tmp_path):
+    from ebmrl.models.packaged import copy_minilm
+    from ebmrl.rewards.answer import make_bert_scorer
+    from ebmrl.rewards.embed import HFSentenceEmbedder
+
+    folder = copy_minilm(tmp_path / "minilm")
+    embed = HFSentenceEmbedder.load(str(folder))
+    v = embed(
+        ["A man is eating food.", "A man is eating a piece of bread.", "A girl rides a horse."]
+    )
+    assert v[0] @ v[1] > 0.6 > 0.1 > v[0] @ v[2]  # trained sentence similarity, not noise
+    scorer = make_bert_scorer(str(folder), 5)
+    _, _, same = scorer.score(["Fire on the ground, get back."], ["Fire on the ground, get back."])
+    _, _, close = scorer.score(["Flames below, run!"], ["Fire on the ground, get back."])
+    _, _, far = scorer.score(["What a quiet blue street."], ["Fire on the ground, get back."])
+    assert same.item() == pytest.approx(1.0, abs=1e-5) and close.item() > far.item()

@@ -204,11 +204,13 @@ def write_caption(
         noun = _pick(rng, PLACE_NOUNS if colour else ("street", "alley", "lane", "square"))
         place = " ".join(x for x in (light, colour, noun) if x)
     if subject and place:
-        sentences.append(f"{subject} {_pick(rng, ('in a', 'on a', 'in front of a'))} {place}.")
+        where = _pick(rng, ("in", "on", "in front of"))
+        sentences.append(f"{subject} {where} {_article(place)} {place}.")
     elif subject:
         sentences.append(f"{subject}.")
     elif place:
-        sentences.append(f"{_pick(rng, ('a', 'an empty-looking', 'the view of a'))} {place}.")
+        lead = _pick(rng, ("", "the view of ", "there is "))
+        sentences.append(f"{lead}{_article(place)} {place}.")
     if "danger" in mention:
         # The demo's reference perceptions (demo.perception_text) are among the phrasings.
         options = (
@@ -225,6 +227,10 @@ def write_caption(
     if len(sentences) > 1 and rng.random() < 0.5:
         sentences.reverse()
     return " ".join(s[0].upper() + s[1:] for s in sentences)
+
+
+def _article(phrase: str) -> str:
+    return "an" if phrase[:1] in "aeiou" else "a"
 
 
 def random_mention(rng: np.random.Generator, keep: float = 0.7) -> set[str]:

@@ -36,7 +36,7 @@ from ebmrl.io import atomic_path
 
 # What a single frame shows; motion needs several frames and never decides a pair.
 VISIBLE = ("background", "lighting", "figures", "figure_colour", "danger")
-# Seed streams of their own: the demo renders clip i of seed s with seed s * 100_003 + i.
+# Seed streams of their own (see ``_seeds``).
 TRAIN_STREAM, EVAL_STREAM = 0xC11F_0001, 0xC11F_0002
 
 
@@ -56,10 +56,14 @@ class RenderedScenes:
     scene_of: np.ndarray  # (N,) index into ``attributes`` per image
 
 
-def _seeds(seed: int, stream: int, count: int) -> list[int]:
-    """``count`` render seeds for this ``(seed, stream)``: disjoint from the demo's."""
-    sequence = np.random.SeedSequence([stream, seed])
-    return [int(s) for s in sequence.generate_state(count, dtype=np.uint32)]
+def _seeds(seed: int, stream: int, count: int) -> list[list[int]]:
+    """``count`` render seeds for this ``(seed, stream)``, disjoint from the demo's.
+
+    The demo seeds its generators with one integer (``seed * 100_003 + index``); these are
+    three-word entropy lists, which numpy's ``SeedSequence`` mixes into other streams for
+    every demo seed below 2**64 / 100_003.
+    """
+    return [[stream, seed, index] for index in range(count)]
 
 
 def render_scenes(
@@ -268,7 +272,10 @@ def train_clip(
         save_file(state, str(tmp / "open_clip_model.safetensors"))
         marker = json.loads((folder / "EBMRL_TINY.json").read_text())
         marker.update(
-            random_weights=False, trained_on="demo scene grammar", training=settings.model_dump(), geometry=asdict(geometry)
+            random_weights=False,
+            trained_on="demo scene grammar",
+            training=settings.model_dump(),
+            geometry=asdict(geometry),
         )
         (tmp / "EBMRL_TINY.json").write_text(json.dumps(marker) + "\n")
     return report
