@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ebmrl.eval import svg
+from ebmrl.eval import report, svg
 from ebmrl.eval.frames import jpeg_data_url, judge_frames
 from ebmrl.eval.report import render_report
 
@@ -222,3 +222,70 @@ def test_report_renders_in_headless_chromium(tmp_path):
     screenshot(page, png, tmp_path / "profile")
     share, spread = ink(png)
     assert share > 0.05 and spread > 20, (share, spread)
+
+
+def learning_report_data() -> dict:
+    """The demo's report: tiny models, synthetic clips, perception against the ground truth."""
+    data = report_data()
+    data["systems"] = ["base", "sft", "grpo"]
+    data["about"] = {"tiny_models": ["models/tiny/qwen2_5_vl"], "tiny_judge": True,
+                     "synthetic_clips": 4}  # fmt: skip
+    data["info"]["judge"] = "models/tiny/qwen2_5_vl"
+    data["judge_stats"] = {"requests": 24, "invalid_replies": 24}
+    by_attribute = {
+        "background": {"correct": 0.5, "wrong": 0.25},
+        "danger": {"correct": 1.0, "wrong": 0.0},
+    }
+    data["auto"] = {
+        "base": {"perception_accuracy": 0.0, "perception_hallucinated": 0.0, "perception_scored": 8,
+                 "clip_reward": 0.0, "clipscore": 0.0, "format_score": -5.0, "bertscore_f1": 0.0},
+        "sft": {"perception_accuracy": 0.41, "perception_hallucinated": 0.45, "perception_scored": 8,
+                "clip_reward": 0.05, "clipscore": 0.2, "format_score": 2.6, "bertscore_f1": 0.5,
+                "perception_by_attribute": by_attribute},
+        "grpo": {"perception_accuracy": 0.52, "perception_hallucinated": 0.33, "perception_scored": 8,
+                 "clip_reward": 0.16, "clipscore": 0.4, "format_score": 3.1, "bertscore_f1": 0.55,
+                 "perception_by_attribute": by_attribute},
+    }  # fmt: skip
+    return data
+
+
+def test_the_demo_report_says_what_it_is_and_shows_what_training_changed():
+    html = render_report(learning_report_data())
+    # The first section after the title: what the demo is and is not.
+    assert html.index("id='about'") < html.index("id='learning'") < html.index("id='summary'")
+    assert "tiny models built on this machine" in html and "4 synthetic" in html
+    assert "not a measure of role-play quality" in html
+    assert "id='perception'" in html and "id='stage-curves'" in html
+    assert "<td class='best'>0.52</td>" in html  # the best perception accuracy is marked
+    assert "0.50 <span class='small wrong'>(0.25 wrong)</span>" in html
+    # The judge section: a tiny model, and how to use a real one.
+    assert "The judge here is a tiny model with random weights" in html
+    assert "--judge-url https://HOST/v1" in html and "kind: http" in html
+    curves = ET.fromstring(html.split("id='stage-curves'>")[1].split("</div>")[0])
+    lines = curves.findall("{http://www.w3.org/2000/svg}polyline")
+    assert len(lines) == len(report.STAGE_CURVES)
+    assert all(len(line.get("points").split()) == 3 for line in lines)  # base, sft, grpo
+    assert no_external_resources(html) == [] and "<script" not in html
+    plain = render_report(report_data())  # no ground truth, no tiny models: none of it
+    assert "id='about'" not in plain and "id='perception'" not in plain
+
+
+def test_the_new_report_section_renders_in_headless_chromium(tmp_path):
+    """The top of the page (what the demo is, perception and reward curves per system)
+    as a real browser draws it: the notice box and the curves are on screen."""
+    from PIL import Image
+
+    page = tmp_path / "index.html"
+    page.write_text(render_report(learning_report_data()), encoding="utf-8")
+    png = tmp_path / "top.png"
+    screenshot(page, png, tmp_path / "profile", height=1100)
+    pixels = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+
+    def share(rgb, tolerance=6):
+        return float((np.abs(pixels - np.array(rgb)).max(axis=2) <= tolerance).mean())
+
+    assert share((0xFF, 0xF8, 0xE1)) > 0.01  # the "what this demo is" box (.about)
+    assert share((0x4C, 0x78, 0xA8), 30) > 1e-4  # the first curve's stroke (svg.PALETTE[0])
+    assert share((0xF5, 0x85, 0x18), 30) > 1e-4  # the second curve's stroke
+    top_ink, spread = ink(png)
+    assert top_ink > 0.05 and spread > 20, (top_ink, spread)
