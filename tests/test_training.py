@@ -151,34 +151,61 @@ def test_grpo_logs_every_reward_component_at_every_step(tmp_path, tiny_models, i
     assert (result.final_dir / "model.safetensors").is_file()
 
 
+def window_margin(values: list[float], window: int) -> tuple[float, float, float]:
+    """Means of the first and last ``window`` values, and the standard error of their
+    difference (each window's sample standard deviation over the root of its size)."""
+    import statistics
+
+    first, last = values[:window], values[-window:]
+    se = math.sqrt(statistics.variance(first) / len(first) + statistics.variance(last) / len(last))
+    return statistics.fmean(first), statistics.fmean(last), se
+
+
+# The learning check's seed: `make test` runs 0; EBMRL_LEARNING_SEED=1, 2 repeat it.
+LEARNING_SEED = int(os.environ.get("EBMRL_LEARNING_SEED", "0"))
+LEARNING_STEPS, LEARNING_WINDOW = 40, 10
+
+
 @pytest.mark.slow
 def test_grpo_raises_the_total_reward(tmp_path, tiny_models, inputs, sft_result):
-    """GRPO with the four rewards raises the mean total reward on prompts SFT never saw.
+    """GRPO with the four rewards raises the total reward and the CLIP reward on prompts
+    SFT never saw, by at least three standard errors of the window means' difference.
 
     The prompts are the held-out split: on its own training prompts the SFT model is
-    already near the ceiling (format 4.95 of 5, answer F1 0.97), so GRPO has nothing left
-    to learn there. Four prompts, two per step: every window of 10 steps covers each
-    prompt exactly 5 times, so the first and last windows differ by what the policy
-    learned, not by which prompts they drew. Six seeded runs moved up by 0.40-0.85 (this
-    tree: 2.33 -> 2.76), with a standard error of about 0.2.
+    already near the ceiling, so GRPO has nothing left to learn there. Four prompts, two
+    per step: every window of 10 steps covers each prompt exactly 5 times, so the first
+    and last windows differ by what the policy learned, not by which prompts they drew.
+    The CLIP reward is the trained tiny CLIP's: it pays for perceptions that state what
+    the frames show.
     """
     params = params_for(
-        tmp_path, tiny_models, grpo={"init_model": str(sft_result.final_dir), "max_steps": 30}
-    )
+        tmp_path, tiny_models,
+        grpo={"init_model": str(sft_result.final_dir), "max_steps": LEARNING_STEPS,
+              "seed": LEARNING_SEED},
+    )  # fmt: skip
     unseen = TrainingInputs(inputs.test[:4], [], inputs.frames, inputs.profiles)
     assert len(unseen.train) == 4
     assert not {s.sample_id for s in unseen.train} & {s.sample_id for s in inputs.train}
     model, processor = load_vlm(sft_result.final_dir)
     result = train_grpo(params, unseen, model=model, processor=processor)
     history = result.log_history
-    assert len(history) == 30
-    first, last = window_means([step["reward"] for step in history], window=10)
+    assert len(history) == LEARNING_STEPS
+    first, last, se = window_margin([step["reward"] for step in history], LEARNING_WINDOW)
+    clip_first, clip_last, clip_se = window_margin(
+        [step["rewards/clip/mean"] for step in history], LEARNING_WINDOW
+    )
     parts = {
-        name: window_means([step[f"rewards/{name}/mean"] for step in history], window=10)
+        name: window_means([step[f"rewards/{name}/mean"] for step in history], LEARNING_WINDOW)
         for name in REWARDS
     }
-    print(f"GRPO total reward: first 10 steps {first:.3f}, last 10 steps {last:.3f}; {parts}")
-    assert last > first, (first, last, parts)
+    print(
+        f"GRPO (seed {LEARNING_SEED}) total reward: first {LEARNING_WINDOW} steps {first:.3f}, "
+        f"last {last:.3f}, gain {last - first:+.3f} = {(last - first) / se:.1f} standard errors; "
+        f"CLIP reward {clip_first:.3f} -> {clip_last:.3f} ({(clip_last - clip_first) / clip_se:+.1f} "
+        f"standard errors); {parts}"
+    )
+    assert last - first >= 3 * se, (first, last, se, parts)
+    assert clip_last > clip_first, (clip_first, clip_last, parts)
 
 
 # --------------------------------------------------------------------- bad input
