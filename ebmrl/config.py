@@ -89,11 +89,33 @@ class TinyClipSection(Section):
         return self
 
 
+class TinyVlmSection(Section):
+    """Caption pretraining of the tiny VLM on the demo's scene grammar
+    (``ebmrl.models.caption_training``): the base sees, as a real base VLM does."""
+
+    steps: Annotated[int, Field(ge=0)] = 1000
+    batch_size: PositiveInt = 8
+    learning_rate: Annotated[float, Field(gt=0)] = 3e-3
+    train_scenes: Annotated[int, Field(ge=2)] = 256
+    frames: Annotated[int, Field(ge=2, multiple_of=2)] = 4  # a multiple of the temporal patch
+    eval_scenes: PositiveInt = 32
+    torch_threads: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> TinyVlmSection:
+        if self.batch_size > self.train_scenes:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) exceeds train_scenes ({self.train_scenes})"
+            )
+        return self
+
+
 class TinyModelsSection(Section):
     out: str = "models/tiny"
     seed: int = 0
+    vlm: TinyVlmSection = TinyVlmSection()
     clip: TinyClipSection = TinyClipSection()
-    metrics: str = "metrics/tiny_models.json"  # the tiny CLIP's held-out retrieval
+    metrics: str = "metrics/tiny_models.json"  # held-out captions (VLM), retrieval (CLIP)
 
 
 # ----------------------------------------------------------------------------- demo
@@ -105,6 +127,8 @@ class DemoSection(Section):
     num_clips: Annotated[int, Field(ge=2, le=10_000)] = 24
     num_sessions: Annotated[int, Field(ge=2)] = 6
     samples_per_clip: Annotated[int, Field(ge=1, le=20)] = 2
+    # Share of the sessions whose samples carry a reference trace (SFT's material).
+    traced_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     width: Annotated[int, Field(ge=64, le=1920, multiple_of=64)] = 128
     height: Annotated[int, Field(ge=16, le=1080, multiple_of=2)] = 96
     fps: Annotated[int, Field(ge=1, le=60)] = 8

@@ -178,7 +178,8 @@ def test_clip_training_is_deterministic_and_loads_like_any_open_clip_folder(tmp_
 
 def test_clip_training_never_renders_the_demos_clips():
     from ebmrl.data import demo
-    from ebmrl.models.clip_training import EVAL_STREAM, TRAIN_STREAM, SceneGeometry, render_scenes
+    from ebmrl.models.clip_training import render_scenes
+    from ebmrl.models.scene_clips import EVAL_STREAM, TRAIN_STREAM, SceneGeometry
 
     def identity(image):
         return torch.from_numpy(np.ascontiguousarray(np.asarray(image)))
@@ -227,13 +228,22 @@ def test_the_tiny_models_stage_reports_retrieval_above_chance(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(
         yaml.safe_dump(
-            {"tiny_models": {"clip": {"steps": 150, "train_scenes": 128, "eval_scenes": 32}}}
+            {
+                "tiny_models": {
+                    "vlm": {"steps": 3, "batch_size": 2, "train_scenes": 4, "eval_scenes": 2},
+                    "clip": {"steps": 150, "train_scenes": 128, "eval_scenes": 32},
+                }
+            }
         )
     )
     out, metrics = tmp_path / "tiny", tmp_path / "tiny_models.json"
     args = ["--params", str(params), "tiny-models", "--out", str(out), "--metrics", str(metrics)]
     assert main(args) == 0
-    report = json.loads(metrics.read_text())["clip"]
+    written = json.loads(metrics.read_text())
+    assert set(written["vlm"]["attribute_accuracy"]) == set(
+        written["vlm"]["untrained"]["attribute_accuracy"]
+    )
+    report = written["clip"]
     assert report["retrieval_chance"] == pytest.approx(1 / 32, abs=1e-4)
     assert report["retrieval_top1"] >= 3 * report["retrieval_chance"], report
     assert report["retrieval_top1"] > report["untrained"]["retrieval_top1"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -323,9 +324,19 @@ def make_scenes(
 
 
 def make_samples(
-    scenes: list[Scene], num_sessions: int, samples_per_clip: int, seed: int
+    scenes: list[Scene],
+    num_sessions: int,
+    samples_per_clip: int,
+    seed: int,
+    traced_fraction: float = 1.0,
 ) -> list[Sample]:
-    """Role-play samples in sessions; each session is one conversation between two people."""
+    """Role-play samples in sessions; each session is one conversation between two people.
+
+    Only the first ``traced_fraction`` of the sessions carry a reference perception + think
+    (``process``), as in the release, whose CoT file is a small part of the data: SFT
+    learns from those, GRPO from every prompt, most of them new to the SFT model.
+    """
+    traced = math.ceil(traced_fraction * num_sessions)
     rng = np.random.default_rng(seed + 1)
     names = list(PROFILES)
     sessions = []
@@ -363,7 +374,11 @@ def make_samples(
                     video=f"videos/{scene.clip_id}.mp4",
                     clip_id=scene.clip_id,
                     solution=f"<answer>{reply}</answer>",
-                    process=Sample.trace(perception_text(scene), think_text(scene, assistant)),
+                    process=(
+                        Sample.trace(perception_text(scene), think_text(scene, assistant))
+                        if index % num_sessions < traced
+                        else None
+                    ),
                     scene_attributes=SceneAttributes(**scene_attributes(scene)),
                 )
             )
@@ -392,6 +407,7 @@ def generate(
     num_clips: int = 24,
     num_sessions: int = 6,
     samples_per_clip: int = 2,
+    traced_fraction: float = 1.0,
     width: int = 128,
     height: int = 96,
     fps: int = 8,
@@ -419,7 +435,7 @@ def generate(
             stale.unlink()
     write_json(out / "scenes.json", [asdict(s) for s in scenes])
     dump_profiles(profile_book(), out / "profiles.json")
-    samples = make_samples(scenes, num_sessions, samples_per_clip, seed)
+    samples = make_samples(scenes, num_sessions, samples_per_clip, seed, traced_fraction)
     dump_released(samples, out / "samples.json")
     return {
         "videos": videos,

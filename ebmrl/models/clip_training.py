@@ -31,22 +31,20 @@ from typing import Any
 import numpy as np
 
 from ebmrl.config import TinyClipSection
-from ebmrl.data import demo, scene_words
+from ebmrl.data import scene_words
 from ebmrl.io import atomic_path
+from ebmrl.models.scene_clips import (
+    DEMO_GEOMETRY,
+    EVAL_STREAM,
+    TRAIN_STREAM,
+    SceneGeometry,
+    render_clips,
+    scene_seeds,
+    torch_threads,
+)
 
 # What a single frame shows; motion needs several frames and never decides a pair.
 VISIBLE = ("background", "lighting", "figures", "figure_colour", "danger")
-# Seed streams of their own (see ``_seeds``).
-TRAIN_STREAM, EVAL_STREAM = 0xC11F_0001, 0xC11F_0002
-
-
-@dataclass(frozen=True)
-class SceneGeometry:
-    """Frame size and rate of the scenes (the demo's: ``demo.width``/``height``/``fps``)."""
-
-    width: int = 128
-    height: int = 96
-    fps: int = 8
 
 
 @dataclass
@@ -56,16 +54,6 @@ class RenderedScenes:
     scene_of: np.ndarray  # (N,) index into ``attributes`` per image
 
 
-def _seeds(seed: int, stream: int, count: int) -> list[list[int]]:
-    """``count`` render seeds for this ``(seed, stream)``, disjoint from the demo's.
-
-    The demo seeds its generators with one integer (``seed * 100_003 + index``); these are
-    three-word entropy lists, which numpy's ``SeedSequence`` mixes into other streams for
-    every demo seed below 2**64 / 100_003.
-    """
-    return [[stream, seed, index] for index in range(count)]
-
-
 def render_scenes(
     count: int, seed: int, stream: int, geometry: SceneGeometry, preprocess: Any, frames: int
 ) -> RenderedScenes:
@@ -73,16 +61,10 @@ def render_scenes(
     import torch
     from PIL import Image
 
-    render_seeds = _seeds(seed, stream, count + 1)
-    # One-second clips: the grammar (colours, lighting, figures, motion, fire) is the
-    # demo's; a short clip keeps rendering cheap.
-    scenes = demo.make_scenes(
-        count, render_seeds[0], geometry.width, geometry.height, geometry.fps, 1.0, 1.0
-    )
-    pick = np.random.default_rng(render_seeds[0])
+    rendered = render_clips(count, seed, stream, geometry)
+    pick = np.random.default_rng(scene_seeds(seed, stream, 1)[0])
     images, scene_of = [], []
-    for index, (scene, render_seed) in enumerate(zip(scenes, render_seeds[1:], strict=True)):
-        clip = demo.render_frames(scene, render_seed)
+    for index, clip in enumerate(rendered.clips):
         if frames == 1:
             chosen = [len(clip) // 2]
         else:
@@ -90,11 +72,7 @@ def render_scenes(
         for t in chosen:
             images.append(preprocess(Image.fromarray(clip[t])))
             scene_of.append(index)
-    return RenderedScenes(
-        [scene_words.scene_attributes(s) for s in scenes],
-        torch.stack(images),
-        np.asarray(scene_of),
-    )
+    return RenderedScenes(rendered.attributes, torch.stack(images), np.asarray(scene_of))
 
 
 def consistent(mentions: Sequence[set[str]], caption_attrs, image_attrs) -> np.ndarray:
@@ -139,24 +117,6 @@ def _encode(model, images, tokens):
         F.normalize(model.encode_image(images), dim=-1),
         F.normalize(encode_text_prefix(model, tokens), dim=-1),
     )
-
-
-class _threads:
-    """A fixed torch thread count for the block (float sums depend on it)."""
-
-    def __init__(self, count: int):
-        self.count = count
-
-    def __enter__(self):
-        import torch
-
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(self.count)
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.before)
 
 
 def _value_embedding(model, tokenizer, base, name, value, rng, phrasings: int = 8):
@@ -204,7 +164,7 @@ def evaluate_clip(model: Any, tokenizer: Any, held_out: RenderedScenes, seed: in
 def train_clip(
     folder: str | Path,
     settings: TinyClipSection,
-    geometry: SceneGeometry = SceneGeometry(),
+    geometry: SceneGeometry = DEMO_GEOMETRY,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Train the CLIP saved at ``folder`` (open_clip ``local-dir`` layout) in place.
@@ -217,7 +177,7 @@ def train_clip(
     from ebmrl.models.loading import load_clip
 
     folder = Path(folder)
-    with _threads(settings.torch_threads):
+    with torch_threads(settings.torch_threads):
         model, preprocess, tokenizer = load_clip(folder)
         torch.manual_seed(seed)
         train = render_scenes(

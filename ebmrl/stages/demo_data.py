@@ -25,6 +25,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
         num_clips=section.num_clips,
         num_sessions=section.num_sessions,
         samples_per_clip=section.samples_per_clip,
+        traced_fraction=section.traced_fraction,
         width=section.width,
         height=section.height,
         fps=section.fps,
