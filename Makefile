@@ -34,9 +34,10 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Only the learning-signal checks (also part of make test), printing their numbers.
+# Only the learning-signal checks (also part of make test, with GRPO seed 0), printing their
+# numbers, with GRPO seeds 0, 1 and 2 (EBMRL_LEARNING_SEEDS=... to choose).
 test-learning: $(STAMP)
-	$(BIN)/python -m pytest -s -k "teaches_the_format or raises_the_total_reward" tests/test_training.py
+	EBMRL_LEARNING_SEEDS=$${EBMRL_LEARNING_SEEDS:-0,1,2} $(BIN)/python -m pytest -s -k "teaches_the_format or raises_the_total_reward" tests/test_training.py
 
 # Headless Chromium (Debian package) for the report and plot screenshot tests: installed
 # once, where apt-get may run; elsewhere those tests skip (and fail under CI=true).

@@ -26,8 +26,9 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """The demo's tiny models: random-weight VLM and BERT, the CLIP trained to see the demo
-    scenes (as the tiny_models stage trains it, about a minute)."""
+    """Tiny models: the VLM and BERT with random weights (the tests check mechanics, and
+    the random VLM writes no tags), the CLIP trained to see the demo scenes as the
+    tiny_models stage trains it (about a minute: the CLIP reward then means something)."""
     from ebmrl.config import TinyClipSection
     from ebmrl.models import tiny
     from ebmrl.models.clip_training import train_clip

@@ -259,7 +259,7 @@ def test_the_demo_report_says_what_it_is_and_shows_what_training_changed():
     assert "<td class='best'>0.52</td>" in html  # the best perception accuracy is marked
     assert "0.50 <span class='small wrong'>(0.25 wrong)</span>" in html
     # The judge section: a tiny model, and how to use a real one.
-    assert "The judge here is a tiny model with random weights" in html
+    assert "The judge here is a tiny model built for the demo" in html
     assert "--judge-url https://HOST/v1" in html and "kind: http" in html
     curves = ET.fromstring(html.split("id='stage-curves'>")[1].split("</div>")[0])
     lines = curves.findall("{http://www.w3.org/2000/svg}polyline")

@@ -92,6 +92,12 @@ def workspace(tmp_path, demo_data, demo_store, tiny_models, http_model):
     return tmp_path, path, params
 
 
+def samples_of(root):
+    from ebmrl.data.dataset import load_split
+
+    return load_split(root / "dataset", "test")
+
+
 def test_evaluate_end_to_end_with_a_judge_over_http(workspace, http_model):
     root, params_path, _ = workspace
     assert main(["--params", str(params_path), "videoqa", "--no-tracking"]) == 0
@@ -114,6 +120,18 @@ def test_evaluate_end_to_end_with_a_judge_over_http(workspace, http_model):
     assert grpo["auto"]["format_ok"] == 1.0 and grpo["auto"]["answer_words"] == 7.0
     assert 0 < grpo["auto"]["bertscore_f1"] <= 1 and grpo["auto"]["clipscore"] >= 0
     assert sft["auto"]["scored"] == 0
+    # Perception against the ground truth the demo's samples carry (3 clips are known and
+    # readable; the missing clip's sample is not scored).
+    from ebmrl.eval.perception import perception_scores
+
+    truths = [s.scene_attributes.known() for s in samples_of(root)[:3]]
+    expected = [perception_scores("Two figures walk along a dim street.", t) for t in truths]
+    assert grpo["auto"]["perception_scored"] == 3
+    assert grpo["auto"]["perception_accuracy"] == pytest.approx(
+        sum(e["perception_accuracy"] for e in expected) / 3, abs=1e-5
+    )
+    assert base["auto"]["perception_accuracy"] == 0.0  # the random model writes no block
+    assert "perception_accuracy" not in sft["auto"]  # nothing generated: no value, not 0
     assert metrics["pairwise"]["grpo_vs_base"]["veg"] == {
         "win": 3,
         "tie": 0,
@@ -136,6 +154,7 @@ def test_evaluate_end_to_end_with_a_judge_over_http(workspace, http_model):
     html = (root / "reports" / "eval" / "index.html").read_text()
     assert no_external_resources(html) == []
     assert "nextqa" in html and "GRPO reward curves" in html and "ModelLoadError" in html
+    assert "id='about'" in html and "id='perception'" in html  # tiny models, known scenes
     assert "unreadable" in html and html.count("class='card'") == 4
     png = root / "report.png"
     screenshot(root / "reports" / "eval" / "index.html", png, root / "chromium-profile")
@@ -201,6 +220,7 @@ def test_demo_judge_is_the_tiny_vlm_behind_ebmrl_serve_and_never_invents_scores(
     assert reasons and all(r.startswith("invalid JSON after 2 attempt(s)") for r in reasons)
     html = (root / "reports" / "eval" / "index.html").read_text()
     assert "invalid JSON after 2 attempt(s)" in html
+    assert "The judge here is a tiny model built for the demo" in html
     assert metrics["systems"]["grpo"]["auto"]["format_ok"] == 1.0
 
     from mlflow.tracking import MlflowClient

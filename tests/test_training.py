@@ -161,13 +161,14 @@ def window_margin(values: list[float], window: int) -> tuple[float, float, float
     return statistics.fmean(first), statistics.fmean(last), se
 
 
-# The learning check's seed: `make test` runs 0; EBMRL_LEARNING_SEED=1, 2 repeat it.
-LEARNING_SEED = int(os.environ.get("EBMRL_LEARNING_SEED", "0"))
+# The learning check's GRPO seeds: `make test` runs 0; EBMRL_LEARNING_SEEDS=0,1,2 runs three.
+LEARNING_SEEDS = [int(x) for x in os.environ.get("EBMRL_LEARNING_SEEDS", "0").split(",")]
 LEARNING_STEPS, LEARNING_WINDOW = 40, 10
 
 
 @pytest.mark.slow
-def test_grpo_raises_the_total_reward(tmp_path, tiny_models, inputs, sft_result):
+@pytest.mark.parametrize("seed", LEARNING_SEEDS)
+def test_grpo_raises_the_total_reward(tmp_path, tiny_models, inputs, sft_result, seed):
     """GRPO with the four rewards raises the total reward and the CLIP reward on prompts
     SFT never saw, by at least three standard errors of the window means' difference.
 
@@ -181,7 +182,7 @@ def test_grpo_raises_the_total_reward(tmp_path, tiny_models, inputs, sft_result)
     params = params_for(
         tmp_path, tiny_models,
         grpo={"init_model": str(sft_result.final_dir), "max_steps": LEARNING_STEPS,
-              "seed": LEARNING_SEED},
+              "seed": seed},
     )  # fmt: skip
     unseen = TrainingInputs(inputs.test[:4], [], inputs.frames, inputs.profiles)
     assert len(unseen.train) == 4
@@ -199,7 +200,7 @@ def test_grpo_raises_the_total_reward(tmp_path, tiny_models, inputs, sft_result)
         for name in REWARDS
     }
     print(
-        f"GRPO (seed {LEARNING_SEED}) total reward: first {LEARNING_WINDOW} steps {first:.3f}, "
+        f"GRPO (seed {seed}) total reward: first {LEARNING_WINDOW} steps {first:.3f}, "
         f"last {last:.3f}, gain {last - first:+.3f} = {(last - first) / se:.1f} standard errors; "
         f"CLIP reward {clip_first:.3f} -> {clip_last:.3f} ({(clip_last - clip_first) / clip_se:+.1f} "
         f"standard errors); {parts}"

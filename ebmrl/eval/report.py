@@ -209,10 +209,10 @@ def judge_section(data: Mapping[str, Any]) -> str:
     )
     if about.get("tiny_judge"):
         return (
-            "<p id='judge' class='gap'><b>The judge here is a tiny model with random weights "
-            f"({escape(str(judge))})</b>: it cannot grade anything, so its VEG/SPC/CN scores "
-            'and pairwise verdicts are noise or "not scored", by design rather than by '
-            f"accident.{escape(counts)} {how}</p>"
+            "<p id='judge' class='gap'><b>The judge here is a tiny model built for the demo "
+            f"({escape(str(judge))})</b>, a few layers that never learned to grade role-play: "
+            'its VEG/SPC/CN scores and pairwise verdicts are noise or "not scored", by design '
+            f"rather than by accident.{escape(counts)} {how}</p>"
         )
     return f"<p id='judge'>Judge: {escape(str(judge))}.{escape(counts)} {how}</p>"
 
