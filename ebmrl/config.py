@@ -69,7 +69,7 @@ class TinyClipSection(Section):
     """Contrastive training of the tiny CLIP on the demo's scene grammar
     (``ebmrl.models.clip_training``); the frame geometry is the demo's (``demo``)."""
 
-    steps: Annotated[int, Field(ge=0)] = 1000
+    steps: Annotated[int, Field(ge=0)] = 1500
     batch_size: Annotated[int, Field(ge=2)] = 64
     learning_rate: Annotated[float, Field(gt=0)] = 2e-3
     weight_decay: NonNegFloat = 0.01
