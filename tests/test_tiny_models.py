@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ebmrl import video
+from ebmrl.data.scene_words import ATTRIBUTES
 from ebmrl.models import ModelLoadError, load_clip, load_text_encoder_spec, load_vlm
 from ebmrl.models.tiny import QWEN_SPECIAL_TOKENS
 from ebmrl.models.vlm import encode, generate_text, video_messages, vision_pad_token_ids
@@ -269,3 +270,62 @@ def test_the_packaged_minilm_is_the_real_encoder(tmp_path):
     _, _, close = scorer.score(["Flames below, run!"], ["Fire on the ground, get back."])
     _, _, far = scorer.score(["What a quiet blue street."], ["Fire on the ground, get back."])
     assert same.item() == pytest.approx(1.0, abs=1e-5) and close.item() > far.item()
+
+
+# ------------------------------------------------- the tiny VLM pretrained to caption (issue 13)
+def test_caption_batches_label_only_the_caption(vlm, demo_data):
+    from ebmrl.models.caption_training import caption_batch
+
+    processor = vlm[1]
+    frames = video.sample_frames(sorted(demo_data["videos"].glob("*.mp4"))[0], count=4)[0]
+    captions = ["Two teal figures in a dim red street.", "Fire."]
+    batch = caption_batch(processor, captions, [frames, frames])
+    assert "pixel_values_videos" in batch  # the clip is seen, as video
+    for row, caption in enumerate(captions):
+        labelled = batch["labels"][row][batch["labels"][row] != -100].tolist()
+        assert processor.tokenizer.decode(labelled) == caption + "<|im_end|>"
+        start = batch["input_ids"][row].tolist().index(labelled[0])
+        assert batch["input_ids"][row][start : start + len(labelled)].tolist() == labelled
+
+
+def test_caption_pretraining_is_deterministic_lowers_its_loss_and_loads_by_path(tmp_path):
+    from ebmrl.config import TinyVlmSection
+    from ebmrl.models import tiny
+    from ebmrl.models.caption_training import train_captions
+
+    settings = TinyVlmSection(steps=40, batch_size=4, train_scenes=12, eval_scenes=2)
+    untrained = tiny.build_qwen2_5_vl(tmp_path / "untrained", seed=1)
+    reports = [
+        train_captions(tiny.build_qwen2_5_vl(tmp_path / name, seed=1), settings, seed=1)
+        for name in ("a", "b")
+    ]
+    weights = "model.safetensors"
+    trained = (tmp_path / "a" / weights).read_bytes()
+    assert trained == (tmp_path / "b" / weights).read_bytes()
+    assert reports[0] == reports[1]
+    assert trained != (untrained / weights).read_bytes()  # training changed the weights
+    assert reports[0]["loss_last"] < reports[0]["loss_first"] - 0.5, reports[0]
+    assert set(reports[0]["attribute_accuracy"]) == set(ATTRIBUTES)
+    assert reports[0]["untrained"]["caption_accuracy"] == 0.0  # random weights see nothing
+    marker = json.loads((tmp_path / "a" / "EBMRL_TINY.json").read_text())
+    assert marker["random_weights"] is False and marker["training"]["steps"] == 40
+    model, processor = load_vlm(tmp_path / "a")  # the path every stage loads the base by
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+
+
+def test_caption_scenes_are_never_the_demos_clips():
+    from ebmrl.data import demo
+    from ebmrl.models.caption_training import CLIP_SECONDS
+    from ebmrl.models.scene_clips import EVAL_STREAM, TRAIN_STREAM, SceneGeometry, render_clips
+
+    seen = set()
+    for index, scene in enumerate(demo.make_scenes(24, 0, 128, 96, 8, 2.0, 18.0)):
+        seen |= {f.tobytes() for f in demo.render_frames(scene, index)}  # demo seed 0
+    streams = {}
+    for stream in (TRAIN_STREAM, EVAL_STREAM):
+        rendered = render_clips(12, 0, stream, SceneGeometry(), CLIP_SECONDS)
+        assert [len(c) for c in rendered.clips] == [int(CLIP_SECONDS * 8)] * 12
+        assert all(set(a) == set(ATTRIBUTES) for a in rendered.attributes)
+        streams[stream] = {f.tobytes() for clip in rendered.clips for f in clip}
+        assert not streams[stream] & seen
+    assert not streams[TRAIN_STREAM] & streams[EVAL_STREAM]  # held-out scenes are unseen

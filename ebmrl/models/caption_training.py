@@ -73,13 +73,17 @@ def caption_batch(processor: Any, captions: list[str], videos: list[np.ndarray])
         add_generation_prompt=False,
         padding_side="right",
     )
-    prompt = encode(
-        processor, [_conversation()] * len(captions), videos, padding_side="right"
-    )
+    prompt = encode(processor, [_conversation()] * len(captions), videos, padding_side="right")
     labels = full["input_ids"].clone()
     for row, length in enumerate(prompt["attention_mask"].sum(dim=1).tolist()):
         labels[row, :length] = -100
     labels[full["attention_mask"] == 0] = -100
+    # The template follows <|im_end|> with a newline: the caption ends at <|im_end|>.
+    end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for row in range(labels.shape[0]):
+        ends = (labels[row] == end).nonzero()
+        if len(ends):
+            labels[row, int(ends[0]) + 1 :] = -100
     full["labels"] = labels
     return full
 
@@ -92,7 +96,9 @@ def evaluate_captions(model: Any, processor: Any, held_out: SceneClips, frames: 
     texts: list[str] = []
     for start in range(0, len(videos), 8):
         chunk = videos[start : start + 8]
-        texts += generate_text(model, processor, [_conversation()] * len(chunk), chunk, max_new_tokens=48)
+        texts += generate_text(
+            model, processor, [_conversation()] * len(chunk), chunk, max_new_tokens=48
+        )
     correct: dict[str, list[bool]] = {name: [] for name in scene_words.ATTRIBUTES}
     for truth, text in zip(held_out.attributes, texts, strict=True):
         stated = scene_words.read_statements(text)
