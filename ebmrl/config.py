@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from ebmrl.tags import TagNames
+
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 
@@ -587,9 +589,16 @@ class TrackingSection(Section):
     experiment: str = Field("ebmrl", min_length=1)
 
 
+TagName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", max_length=40)]
+
+
 class Params(Section):
     """Every section of params.yaml. Missing sections take their defaults."""
 
+    # The tag of each output block, in order (perception, think, answer): read by the
+    # prompts, SFT targets, rewards, tag parsing and the evaluation. The authors' release
+    # and checkpoints use [vision, think, answer].
+    tags: tuple[TagName, TagName, TagName] = ("perception", "think", "answer")
     models: ModelsSection = ModelsSection()
     tiny_models: TinyModelsSection = TinyModelsSection()
     demo: DemoSection = DemoSection()
@@ -604,6 +613,16 @@ class Params(Section):
     evaluate: EvaluateSection = EvaluateSection()
     videoqa: VideoQASection = VideoQASection()
     tracking: TrackingSection = TrackingSection()
+
+    @field_validator("tags")
+    @classmethod
+    def _distinct_tags(cls, tags: tuple[str, str, str]) -> tuple[str, str, str]:
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"the three tags must differ, got {list(tags)}")
+        return tags
+
+    def tag_names(self) -> TagNames:
+        return TagNames(*self.tags)
 
 
 # --------------------------------------------------------------------------- loading
