@@ -290,12 +290,21 @@ class AnswerRewardSection(Section):
 
 class ClipRewardSection(Section):
     mode: Literal["max", "sent_topk"] = "max"
+    # sent_topk: each sentence averages its top max(1, floor(topk_fraction x T)) frames.
     topk_fraction: Probability = 0.2
-    # sent_topk: sentences per perception sent to CLIP (beyond: counted as truncation).
-    max_sentences: PositiveInt = 16
+    # sent_topk: sentences per perception sent to CLIP (beyond: counted as truncation;
+    # null: no limit, as the authors).
+    max_sentences: PositiveInt | None = 16
+    # sent_topk sentence splitter: ebmrl (ours: sentence ends, keeps short sentences) or
+    # authors (split at every . ! ? and newline, keep pieces longer than 5 characters).
+    sentence_rule: Literal["ebmrl", "authors"] = "ebmrl"
 
 
 class LeakFilterSection(Section):
+    """Drop <think> sentences too close to the reference before PCG scores them. Not used
+    by the authors' released training script; their separate trainer variant uses
+    all-MiniLM-L6-v2 with a cosine threshold of 0.4 (one version) or 0.2 (another)."""
+
     enabled: bool = False
     threshold: Annotated[float, Field(ge=-1, le=1)] = 0.5
     # Sentence encoder (hub id or folder), e.g. sentence-transformers/all-MiniLM-L6-v2.
@@ -305,9 +314,11 @@ class LeakFilterSection(Section):
 class PcgRewardSection(Section):
     leak_filter: LeakFilterSection = LeakFilterSection()
     batch_size: PositiveInt = 16  # queries per reference-model forward pass
-    max_block_chars: PositiveInt = 8192  # perception/think cut (pathological output guard)
-    max_prefix_tokens: Annotated[int, Field(ge=16)] = 2048
-    max_target_tokens: PositiveInt = 256
+    # Perception/think content cut (pathological output guard, reported); null: no cut.
+    max_block_chars: PositiveInt | None = 8192
+    # A scored sequence longer than this (video tokens included) scores 0, counted
+    # (the authors: 16,384); null: no limit.
+    max_sequence_tokens: PositiveInt | None = 16_384
 
 
 class RewardsSection(Section):
