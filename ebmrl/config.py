@@ -345,6 +345,8 @@ class TrainingSection(Section):
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
     weight_decay: NonNegFloat = 0.0
+    # Gradient-norm clip (transformers' default 1.0; the authors: 5 in both stages).
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
     per_device_batch_size: PositiveInt = 1
     gradient_accumulation_steps: PositiveInt = 8
     epochs: Annotated[float, Field(gt=0)] = 1
@@ -390,7 +392,20 @@ class GrpoSection(TrainingSection):
     group_size: Annotated[int, Field(ge=2)] = 8
     temperature: Annotated[float, Field(gt=0)] = 1.0
     top_p: Probability = 0.95
+    # Sampling top-k (0: off, TRL's default; the authors sample with the generation
+    # config's default 50 besides top-p).
+    top_k: Annotated[int, Field(ge=0)] = 0
     beta: NonNegFloat = 0.04
+    # TRL's loss aggregation: grpo = mean over each completion's tokens, then over
+    # completions (the authors); dapo (TRL's default) = over all tokens of the batch.
+    loss_type: Literal["grpo", "dapo", "bnpo", "dr_grpo"] = "dapo"
+    # Optimisation passes per generated batch (1: the ratio is 1, no clipping acts).
+    num_iterations: Annotated[int, Field(ge=1, le=16)] = 1
+    # The k3 KL's log-ratio clamped to [-kl_clamp, kl_clamp] (the authors: 10); null: off.
+    kl_clamp: Annotated[float, Field(gt=0)] | None = None
+    # TRL 1.16 multiplies the KL by the importance ratio (unbiased reverse-KL gradient,
+    # its default); the authors use the plain k3 estimator (false).
+    kl_bias_correction: bool = True
     max_completion_length: PositiveInt = 1024
     # Drop truncated completions from the loss (they never close </answer>).
     mask_truncated_completions: bool = False

@@ -130,6 +130,8 @@ def train_grpo(
         processing_class=processor,
         peft_config=lora_config(section.lora),
         frame_store=inputs.frames,
+        aggregation=setup.aggregation,
+        kl_clamp=section.kl_clamp,
         callbacks=list(callbacks),
     )
     if pcg_scorer is not None:
