@@ -119,15 +119,27 @@ def _paper_schedule() -> list[FrameStep]:
 
 
 class VideoSection(Section):
-    frame_schedule: list[FrameStep] = Field(default_factory=_paper_schedule, min_length=1)
-    # Frames fed to the VLM are resized so that width*height stays under this budget.
-    max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 100_352
+    """Two samplings per clip (``ebmrl.video``), as the authors have them.
 
-    def schedule(self) -> tuple[tuple[float | None, int], ...]:
-        """The schedule as ``(max_duration_s, frames)`` pairs for ``ebmrl.video``."""
-        return tuple((s.max_duration_s, s.frames) for s in self.frame_schedule)
+    The policy's frames (what the VLM sees), by qwen-vl-utils' rules: about ``fps``
+    frames a second, an even count within [``min_frames``, ``max_frames``], each resized
+    to at most about ``max_pixels_per_frame`` (at least ``min_pixels_per_frame``), sides
+    multiples of 28. The CLIP reward's frames, by clip duration
+    (``clip_frame_schedule``), embedded at full resolution.
+    """
 
-    @field_validator("frame_schedule")
+    fps: Annotated[float, Field(gt=0, le=120)] = 2.0
+    min_frames: Annotated[int, Field(ge=2, le=768)] = 4
+    max_frames: Annotated[int, Field(ge=2, le=768)] = 16
+    min_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 4 * 28 * 28
+    max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 128 * 28 * 28
+    clip_frame_schedule: list[FrameStep] = Field(default_factory=_paper_schedule, min_length=1)
+
+    def clip_schedule(self) -> tuple[tuple[float | None, int], ...]:
+        """The CLIP schedule as ``(max_duration_s, frames)`` pairs for ``ebmrl.video``."""
+        return tuple((s.max_duration_s, s.frames) for s in self.clip_frame_schedule)
+
+    @field_validator("clip_frame_schedule")
     @classmethod
     def _schedule_is_increasing(cls, steps: list[FrameStep]) -> list[FrameStep]:
         bounds = [s.max_duration_s for s in steps]
@@ -139,6 +151,17 @@ class VideoSection(Section):
         if any(b2 <= b1 for b1, b2 in zip(finite, finite[1:], strict=False)):
             raise ValueError(f"max_duration_s must increase step by step, got {finite}")
         return steps
+
+    @model_validator(mode="after")
+    def _ranges(self) -> VideoSection:
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) > max_frames ({self.max_frames})")
+        if self.min_pixels_per_frame > self.max_pixels_per_frame:
+            raise ValueError(
+                f"min_pixels_per_frame ({self.min_pixels_per_frame}) > max_pixels_per_frame "
+                f"({self.max_pixels_per_frame})"
+            )
+        return self
 
 
 # --------------------------------------------------------------------- data stages
@@ -381,6 +404,10 @@ class SftSection(TrainingSection):
     out: str = "models/sft"
     # Held-out samples whose greedy generations are scored for format before/after training.
     eval_samples: Annotated[int, Field(ge=0)] = 8
+    # The assistant target: tagged (ours: perception, think and reply stripped, one block
+    # per line, in the tags in use) or released (the authors: the released process text,
+    # a blank line, then the solution text, as written).
+    target_layout: Literal["tagged", "released"] = "tagged"
     eval_max_new_tokens: PositiveInt = 128
 
 

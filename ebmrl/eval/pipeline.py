@@ -24,6 +24,7 @@ from ebmrl.eval.judge import Judge, JudgeContext
 from ebmrl.eval.outputs import SystemOutput
 from ebmrl.frame_store import FrameStore
 from ebmrl.schema import ProfileBook, Sample
+from ebmrl.tags import DEFAULT_TAGS, TagNames
 from ebmrl.train.prompting import prompt_id
 
 
@@ -97,6 +98,7 @@ def generate_all(
     *,
     max_new_tokens: int,
     progress: bool = False,
+    tags: TagNames = DEFAULT_TAGS,
 ) -> tuple[dict[str, dict[str, SystemOutput]], dict[str, dict[str, Any]]]:
     """Each system's outputs, one system at a time: its model is loaded, used, released
     (three 7B models need not fit in memory together). Returns outputs and client stats."""
@@ -114,6 +116,7 @@ def generate_all(
                 max_tokens=max_new_tokens,
                 concurrency=getattr(client.backend, "max_concurrency", None) or 4,
                 progress=progress,
+                tags=tags,
             )
         finally:
             client.backend.close()

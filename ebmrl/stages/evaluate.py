@@ -126,6 +126,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
                 [(s.name, client_for(s)) for s in section.systems],
                 max_new_tokens=section.max_new_tokens,
                 progress=True,
+                tags=params.tag_names(),
             )
             bert = clip = None
             if section.automatic.bertscore:

@@ -42,6 +42,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             processor=processor,
             report_to=["mlflow"] if tracked else [],
             is_main_process=is_main,
+            tags=params.tag_names(),
         )
         if mlflow is not None:
             numbers = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}

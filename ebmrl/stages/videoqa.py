@@ -78,7 +78,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             for system in section.systems:
                 backend = system_backend(system, models, section.torch_threads)
                 client = GenerationClient(backend, cache, retry_policy(BackendSection()))
-                answerer = vlm_answerer(client, section.max_new_tokens)
+                answerer = vlm_answerer(client, section.max_new_tokens, params.tag_names())
                 try:
                     for spec, items in benchmarks:
                         results = answer_questions(
@@ -88,6 +88,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
                             reader,
                             concurrency=getattr(backend, "max_concurrency", None) or 4,
                             progress=True,
+                            tags=params.tag_names(),
                         )
                         group = nextqa_group if spec.format == "nextqa" else None
                         summaries[spec.name][system.name] = summarize(results, group)

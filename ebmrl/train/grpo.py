@@ -114,7 +114,7 @@ def train_grpo(
     from datasets import Dataset
 
     section, models = params.grpo, params.models
-    rows = [grpo_row(s, inputs.profiles) for s in inputs.train]
+    rows = [grpo_row(s, inputs.profiles, params.tag_names()) for s in inputs.train]
     if not rows:
         raise EmptyTrainingSet("the train split is empty: GRPO has no prompt to train on")
     require_clips(inputs.frames, [r["clip_id"] for r in rows])
@@ -140,6 +140,7 @@ def train_grpo(
         trainer_hook(trainer)
     fingerprint = run_fingerprint(
         grpo=section.model_dump(),
+        tags=list(params.tags),
         code=training_code_identity(),
         rewards=params.rewards.model_dump(),
         models=models.model_dump(),

@@ -11,6 +11,7 @@ from typing import Any
 from ebmrl.config import ModelsSection, SftSection
 from ebmrl.frame_store import require_clips
 from ebmrl.io import atomic_path
+from ebmrl.tags import DEFAULT_TAGS
 from ebmrl.train.configs import (
     checkpoint_to_resume,
     lora_config,
@@ -57,9 +58,10 @@ def train_sft(
     report_to: Sequence[str] = (),
     callbacks: Sequence[Any] = (),
     is_main_process: bool = True,
+    tags: Sequence[str] = DEFAULT_TAGS,
 ) -> SftResult:
     """Train ``model`` on ``inputs.train``; checkpoints under ``<out>/checkpoints`` (resumed
-    if present), final model in ``<out>/final``."""
+    if present), final model in ``<out>/final``. ``tags``: params.yaml ``tags``."""
     from datasets import Dataset
     from trl import SFTTrainer
 
@@ -68,21 +70,29 @@ def train_sft(
     class VideoSFTTrainer(ResumeWithConvertedKeys, SFTTrainer):
         pass
 
-    train_rows = [r for r in (sft_row(s, inputs.profiles) for s in inputs.train) if r is not None]
+    def rows(samples: Sequence[Any]) -> list[dict[str, Any]]:
+        made = (sft_row(s, inputs.profiles, tags, section.target_layout) for s in samples)
+        return [r for r in made if r is not None]
+
+    train_rows = rows(inputs.train)
     if not train_rows:
         raise EmptyTrainingSet(
             f"the train split has {len(inputs.train)} samples and none carries a reference "
             "perception + think trace: SFT has nothing to learn from (check synthesize)"
         )
-    held_out = [r for r in (sft_row(s, inputs.profiles) for s in inputs.test) if r is not None]
-    held_out = held_out[: section.eval_samples]
+    held_out = rows(inputs.test)[: section.eval_samples]
     require_clips(inputs.frames, [r["clip_id"] for r in train_rows + held_out])
 
     out = Path(section.out)
     checkpoints = out / "checkpoints"
     started = time.perf_counter()
     before, _ = greedy_format_scores(
-        model, processor, held_out, inputs.frames, max_new_tokens=section.eval_max_new_tokens
+        model,
+        processor,
+        held_out,
+        inputs.frames,
+        max_new_tokens=section.eval_max_new_tokens,
+        tags=tags,
     )
     trainer = VideoSFTTrainer(
         model=model,
@@ -95,6 +105,7 @@ def train_sft(
     )
     fingerprint = run_fingerprint(
         sft=section.model_dump(),
+        tags=list(tags),
         code=training_code_identity(),
         models=models.model_dump(),
         start=model_identity(models.vlm),
@@ -108,7 +119,12 @@ def train_sft(
     if hasattr(trained, "merge_and_unload"):  # LoRA: ship a plain model
         trained = trained.merge_and_unload()
     after, generations = greedy_format_scores(
-        trained, processor, held_out, inputs.frames, max_new_tokens=section.eval_max_new_tokens
+        trained,
+        processor,
+        held_out,
+        inputs.frames,
+        max_new_tokens=section.eval_max_new_tokens,
+        tags=tags,
     )
     final_dir = out / "final"
     if is_main_process:
