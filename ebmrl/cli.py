@@ -42,7 +42,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
         help="parameters file (default: %(default)s)",
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    check = sub.add_parser("check-params", help="validate params.yaml and exit")
+    check = sub.add_parser(
+        "check-params",
+        help="validate params.yaml, print its settings against the authors' and exit",
+    )
     check.set_defaults(module=None)
     outputs = sub.add_parser("outputs", help="list the pipeline outputs declared in dvc.yaml")
     outputs.add_argument("--dvc-file", default="dvc.yaml")
@@ -115,7 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if args.module is None:
+        from ebmrl.fidelity import fidelity_table
+
         print(f"{args.params}: OK")
+        print(fidelity_table(params))
         return 0
     if args.module == "outputs":
         return print_outputs(args.dvc_file)
