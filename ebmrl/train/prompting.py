@@ -18,6 +18,10 @@ from ebmrl.tags import DEFAULT_TAGS, first_block, tag_names
 # block per line; "released" is the authors': the released `process` text, a blank line,
 # then the `solution` text, exactly as written.
 TargetLayout = Literal["tagged", "released"]
+# Role-play output formats (evaluate.systems[].prompt): ours, a plain chain of thought,
+# a direct answer.
+PromptMode = Literal["ebm", "cot", "vanilla"]
+PROMPT_MODES: tuple[str, ...] = ("ebm", "cot", "vanilla")
 
 
 def _profile_text(name: str, profile: CharacterProfile | None) -> str:
@@ -33,20 +37,36 @@ def history_text(sample: Sample) -> str:
 
 
 def build_prompt(
-    sample: Sample, profiles: ProfileBook | None = None, tags: Sequence[str] = DEFAULT_TAGS
+    sample: Sample,
+    profiles: ProfileBook | None = None,
+    tags: Sequence[str] = DEFAULT_TAGS,
+    mode: PromptMode = "ebm",
 ) -> list[dict[str, Any]]:
-    """System + user messages; the user turn carries the clip as a ``video`` block."""
+    """System + user messages; the user turn carries the clip as a ``video`` block.
+
+    ``mode`` is the output format asked for: ``ebm`` (perception, think, answer: what
+    training uses), ``cot`` (think, then answer) or ``vanilla`` (the answer alone), the
+    evaluation's baseline prompts. The scene rules and the answer rule are the same in
+    all three."""
+    if mode not in PROMPT_MODES:
+        raise ValueError(f"prompt mode is one of {PROMPT_MODES}, got {mode!r}")
     book = profiles or ProfileBook()
     names = tag_names(tags)
     source = sample.source or "their story"
-    system = prompts.load("roleplay_system").format(
-        assistant=sample.assistant, user=sample.user, source=source, **names._asdict()
+    people = {"assistant": sample.assistant, "user": sample.user, "source": source}
+    answer_rule = prompts.load("roleplay_answer").strip().format(**people)
+    output_format = (
+        prompts.load(f"roleplay_format_{mode}")
+        .strip()
+        .format(answer_rule=answer_rule, **names._asdict())
     )
+    system = prompts.load("roleplay_system").format(output_format=output_format, **people)
     user = prompts.load("roleplay_user").format(
         assistant=sample.assistant,
         assistant_profile=_profile_text(sample.assistant, book.get(sample.assistant, source)),
         user_profile=_profile_text(sample.user, book.get(sample.user, source)),
         history=history_text(sample),
+        request=prompts.load(f"roleplay_request_{mode}").strip().format(**people),
     )
     return [
         {"role": "system", "content": [{"type": "text", "text": system.strip()}]},
