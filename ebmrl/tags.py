@@ -115,12 +115,19 @@ def as_text(value: object) -> str:
         return ""
 
 
-def first_block(text: str, tag: str) -> str | None:
+def first_block(text: str, tag: str, *, ignore_case: bool = False) -> str | None:
     """Inner text (unstripped) from the first ``<tag>`` to the first ``</tag>`` after it.
 
-    Exactly what ``re.search(f"<{tag}>(.*?)</{tag}>", text, re.DOTALL)`` captures: when
-    the first opener has no closer after it, no later opener has one either.
+    Exactly what ``re.search(f"<{tag}>(.*?)</{tag}>", text, re.DOTALL)`` captures (with
+    ``re.IGNORECASE`` when ``ignore_case``): when the first opener has no closer after
+    it, no later opener has one either.
     """
+    if ignore_case:
+        opener = re.compile(f"<{re.escape(tag)}>", re.IGNORECASE).search(text)
+        if opener is None:
+            return None
+        closer = re.compile(f"</{re.escape(tag)}>", re.IGNORECASE).search(text, opener.end())
+        return None if closer is None else text[opener.end() : closer.start()]
     open_tag, close_tag = f"<{tag}>", f"</{tag}>"
     open_at = text.find(open_tag)
     if open_at < 0:
