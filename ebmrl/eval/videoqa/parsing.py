@@ -1,7 +1,7 @@
 """Read a model's VideoQA answer out of its ``<answer>`` block, robustly but never guessing.
 
-The answer region is the ``<answer>`` block, or, when there is none, the text with its
-other blocks removed (``strip_blocks``). Then:
+The answer region is the ``<answer>`` block (its tags in any case), or, when there is
+none, the text with its other blocks removed (``strip_blocks``). Then:
 
 - **multiple choice** (``parse_choice``): a bare letter (``B``, ``(b)``, ``B.``), a leading
   letter with a delimiter (``B) a dog``, ``(C): ...``), an explicit phrase (``the answer is
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from ebmrl.tags import (
     DEFAULT_ALIASES,
     DEFAULT_TAGS,
+    as_text,
     first_block,
-    parse_roles,
     strip_blocks,
     tag_names,
 )
@@ -43,9 +43,9 @@ def answer_region(text: str, tags: Sequence[str] = DEFAULT_TAGS) -> tuple[str, b
     """The text to read the answer from, and whether it came from an ``<answer>`` block
     (``tags``: the tag names in use)."""
     names = tag_names(tags)
-    block = parse_roles(text, names).answer
+    block = first_block(as_text(text), names.answer, ignore_case=True)
     if block is not None:
-        return block, True
+        return block.strip(), True
     return strip_blocks(text, (*names, *DEFAULT_ALIASES.get(names.perception, ()))), False
 
 
