@@ -354,6 +354,7 @@ class _Asked:
     attempts: int = 0
     error: str | None = None
     reply: str | None = None
+    unavailable: bool = False  # the judge could not be reached: nothing to keep
 
 
 # -------------------------------------------------------------------------- judge
@@ -449,6 +450,7 @@ class Judge:
                 asked.reply = self.client.generate(self._request(prompt, frames))
             except BackendError as exc:
                 asked.error = f"judge unavailable: {_shorten(str(exc), 300)}"
+                asked.unavailable = True
                 return asked
             read, problem = read_listwise(asked.reply, names)
             asked.value.update(read)
@@ -553,6 +555,8 @@ class Judge:
         result.scores.update(scores)
         result.reasons.update(reasons)
         result.zeroed.update(zeroed)
+        if asked.unavailable:  # zeros from an outage are not the judge's verdict: ask again
+            return result
         self._store(
             key,
             kind="listwise",

@@ -172,15 +172,27 @@ def judge_contexts(
             if problem is None and source == "store":
                 shown = judge_frames(clips.of(s), count, max_side)
             elif problem is None:
-                try:
-                    shown = clip_judge_frames(store.info(clip_id)["uri"], count, max_side)
-                except (MissingClipError, KeyError) as exc:
-                    problem = f"the frame store records no video for clip {clip_id}: {exc}"
-                except VideoError as exc:
-                    problem = f"raw clip unreadable: {exc.reason} ({exc.uri})"
+                shown, problem = _raw_clip_frames(store, clip_id, count, max_side)
             read[clip_id] = (shown, problem)
         contexts[prompt_id(s)] = JudgeContext.from_sample(s, profiles, shown, problem)
     return contexts
+
+
+def _raw_clip_frames(
+    store: FrameStore, clip_id: str, count: int, max_side: int
+) -> tuple[np.ndarray | None, str | None]:
+    """The judge's frames read from the video the frame store recorded for the clip."""
+    info = getattr(store, "info", None)  # an in-memory store records no videos
+    try:
+        uri = info(clip_id).get("uri") if info is not None else None
+    except MissingClipError:
+        uri = None
+    if not uri:
+        return None, f"the frame store records no video for clip {clip_id}"
+    try:
+        return clip_judge_frames(uri, count, max_side), None
+    except VideoError as exc:
+        return None, f"raw clip unreadable: {exc.reason} ({exc.uri})"
 
 
 def evaluate_outputs(
