@@ -701,3 +701,18 @@ def test_the_report_without_the_authors_protocol_has_no_authors_numbers(tmp_path
     png = tmp_path / "p.png"
     screenshot(page, png, tmp_path / "profile", height=600)
     assert colour_share(png, (37, 99, 235)) > 1e-4 and colour_share(png, (217, 119, 6)) == 0.0
+
+
+def test_protocol_settings_are_checked_before_any_work():
+    from ebmrl.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"evaluate.systems\[0\].prompt"):
+        validate({"evaluate": {"systems": [{"name": "b", "prompt": "chat"}]}})
+    with pytest.raises(ConfigError, match=r"evaluate.judge.protocol"):
+        validate({"evaluate": {"judge": {"protocol": "paper"}}})
+    with pytest.raises(ConfigError, match="VideoQA asks with the three-block prompt"):
+        validate({"videoqa": {"systems": [{"name": "b", "prompt": "cot"}]}})
+    params = validate({"evaluate": {"judge": {"protocol": "authors"}}})
+    assert params.evaluate.judge.subset_size() == 100  # the authors' default
+    assert validate({}).evaluate.judge.subset_size() is None  # ours: every sample
+    assert validate({"evaluate": {"judge": {"subset": 7}}}).evaluate.judge.subset_size() == 7
