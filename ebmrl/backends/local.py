@@ -6,30 +6,13 @@ list of images. One model serves one request at a time (a lock): concurrent call
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ebmrl.backends.base import ChatRequest, Message, PermanentBackendError
-
-
-def model_fingerprint(id_or_path: str) -> str:
-    """``name@hash`` for a local folder (JSON configs + sizes and first MiB of each weight
-    file), so retrained weights at the same path do not hit a stale cache; hub ids as is."""
-    path = Path(id_or_path)
-    if not path.is_dir():
-        return str(id_or_path)
-    digest = hashlib.sha256()
-    for file in sorted(path.iterdir()):
-        if file.suffix in (".json", ".safetensors", ".bin", ".pt"):
-            digest.update(file.name.encode())
-            digest.update(str(file.stat().st_size).encode())
-            with open(file, "rb") as handle:
-                digest.update(handle.read(1 << 20))
-    return f"{id_or_path}@{digest.hexdigest()[:12]}"
+from ebmrl.models.identity import model_fingerprint
 
 
 def to_conversation(messages: tuple[Message, ...], with_video: bool) -> list[dict[str, Any]]:

@@ -240,7 +240,7 @@ def store_settings(
     schedule: Schedule, max_pixels: int, clip_model: str, clip_pretrained: str | None
 ) -> dict[str, Any]:
     """What the stored frames depend on; a change invalidates every shard."""
-    from ebmrl.backends.local import model_fingerprint
+    from ebmrl.models.identity import model_fingerprint
 
     return {
         "frame_schedule": [[bound, count] for bound, count in schedule],
