@@ -90,14 +90,11 @@ def changed_keys(
 def _round_trip_yaml():
     from ruamel.yaml import YAML
 
+    # The layout `dvc exp run -S` writes (ruamel's defaults: lists at their key's indent,
+    # None as an empty value), so that neither tool reformats what the other wrote.
     rt = YAML()
     rt.preserve_quotes = True
     rt.width = 4096
-    rt.indent(mapping=2, sequence=4, offset=2)
-    # Keep params.yaml's spelling of None ("null", not an empty value).
-    rt.representer.add_representer(
-        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
     return rt
 
 

@@ -47,6 +47,19 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def metric_values(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested mapping as MLflow metrics: ``{"a": {"b": 1}}`` ->
+    ``{"a/b": 1.0}``; other leaves (text, None, lists) are left out."""
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(metric_values(value, f"{name}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
 def git_commit(cwd: str | Path = ".") -> str:
     try:
         out = subprocess.run(

@@ -9,7 +9,8 @@ from pathlib import Path
 from ebmrl import cli
 from ebmrl.backends import GenerationClient, ResponseCache, RetryPolicy
 from ebmrl.backends.openai_http import OpenAIHTTPBackend
-from ebmrl.data.annotate import AnnotateSettings, annotate_clips, read_annotations
+from ebmrl.data.annotate import AnnotateSettings, annotate_clips
+from ebmrl.data.jsonl import read_annotations
 from ebmrl.frame_store import ShardedFrameStore
 
 BIN = Path(sys.executable).parent

@@ -145,17 +145,3 @@ def annotate_clips(
         "client": client.stats.as_dict(),
     }
     return AnnotateResult(annotations, failures, stats)
-
-
-def read_annotations(path) -> dict[str, dict[str, Any]]:
-    """``clip_id -> annotation`` from an annotate output folder or file."""
-    from pathlib import Path
-
-    from ebmrl.data.jsonl import read_jsonl
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "annotations.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no annotations at {path} (did the annotate stage run?)")
-    return {row["clip_id"]: row for row in read_jsonl(path)}

@@ -46,3 +46,13 @@ def read_samples(path: str | Path) -> list[Sample]:
         except ValueError as exc:
             raise SchemaError(f"{path}: line {number}: not a sample: {exc}") from None
     return samples
+
+
+def read_annotations(path: str | Path) -> dict[str, dict[str, Any]]:
+    """``clip_id -> annotation`` from an annotate output folder or file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "annotations.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no annotations at {path} (did the annotate stage run?)")
+    return {row["clip_id"]: row for row in read_jsonl(path)}

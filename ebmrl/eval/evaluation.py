@@ -171,10 +171,10 @@ def metrics_file(
     judge: Mapping[str, Mapping[str, Any]] | None,
     auto: Mapping[str, Mapping[str, Any]],
     pairwise: Mapping[str, Any] | None,
-    judge_stats: Mapping[str, int] | None,
 ) -> dict[str, Any]:
     """The numbers of ``metrics/eval.json``: numeric leaves only (``dvc metrics`` reads
-    them); a metric without a value is left out rather than written as null."""
+    them); a metric without a value is left out rather than written as null. What the
+    inputs determine only: request and cache counts go to the log and MLflow."""
 
     def numbers(mapping: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -192,8 +192,6 @@ def metrics_file(
         out["systems"][system] = entry
     if pairwise:
         out["pairwise"] = dict(pairwise)
-    if judge_stats:
-        out["judge"] = numbers(judge_stats)
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ebmrl.backends import Backend, GenerationClient, make_backend
-from ebmrl.config import BackendSection, EvalSystemSection, JudgeSection, ModelsSection
+from ebmrl.config import JudgeSection, ModelsSection
 from ebmrl.eval import auto_metrics, evaluation
 from ebmrl.eval.frames import jpeg_data_url, judge_frames, shrink, spread
 from ebmrl.eval.generation import ClipFrames, generate_outputs, outputs_by_sample
@@ -28,19 +28,6 @@ from ebmrl.train.prompting import prompt_id
 
 
 # ---------------------------------------------------------------------- backends
-def system_backend(
-    system: EvalSystemSection, models: ModelsSection, torch_threads: int | None = None
-) -> Backend:
-    """A system's generator: its model in this process, or the endpoint serving it."""
-    section = BackendSection(
-        kind="http" if system.base_url else "local",
-        model=system.model,
-        base_url=system.base_url,
-        torch_threads=torch_threads,
-    )
-    return make_backend(section, models)
-
-
 @contextlib.contextmanager
 def judge_backend(section: JudgeSection, models: ModelsSection) -> Iterator[Backend]:
     """The judge's backend; with ``serve_local`` the local model is served by
@@ -96,10 +83,12 @@ def generate_all(
     systems: Sequence[tuple[str, Callable[[], GenerationClient]]],
     *,
     max_new_tokens: int,
+    concurrency: int = 4,
     progress: bool = False,
 ) -> tuple[dict[str, dict[str, SystemOutput]], dict[str, dict[str, Any]]]:
     """Each system's outputs, one system at a time: its model is loaded, used, released
-    (three 7B models need not fit in memory together). Returns outputs and client stats."""
+    (three 7B models need not fit in memory together). At most ``concurrency`` requests
+    in flight (fewer if the backend takes fewer). Returns outputs and client stats."""
     per_system: dict[str, dict[str, SystemOutput]] = {}
     stats: dict[str, dict[str, Any]] = {}
     for name, make_client in systems:
@@ -112,7 +101,9 @@ def generate_all(
                 clips,
                 profiles,
                 max_tokens=max_new_tokens,
-                concurrency=getattr(client.backend, "max_concurrency", None) or 4,
+                concurrency=min(
+                    concurrency, getattr(client.backend, "max_concurrency", None) or concurrency
+                ),
                 progress=progress,
             )
         finally:
@@ -201,7 +192,6 @@ def evaluate_outputs(
         judge=judge_summary,
         auto=auto,
         pairwise=pairwise,
-        judge_stats=stats,
     )
     return EvaluationResult(
         systems=systems,
