@@ -131,6 +131,26 @@ def _merge_comment(target: Any, key: Any, source: Any) -> None:
     target.ca.items[key] = entry
 
 
+def _drop_trailing_layout(node: Any) -> None:
+    """Remove the blank lines and comments that follow ``node`` in the profile's file
+    (ruamel hangs them on its last key, however deep); end-of-line comments stay."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.error import CommentMark
+    from ruamel.yaml.tokens import CommentToken
+
+    if isinstance(node, CommentedMap) and node:
+        last: Any = list(node)[-1]
+    elif isinstance(node, CommentedSeq) and node:
+        last = len(node) - 1
+    else:
+        return
+    entry = node.ca.items.get(last)
+    if entry and entry[2] is not None:
+        eol, _ = _split_comment(entry[2])
+        entry[2] = CommentToken(f"{eol}\n", CommentMark(entry[2].column), None) if eol else None
+    _drop_trailing_layout(node[last])
+
+
 def _write_into(target: Any, overlay: Any) -> None:
     """Write a round-trip-loaded profile into the round-trip-loaded params, in place.
 
@@ -147,6 +167,8 @@ def _write_into(target: Any, overlay: Any) -> None:
             _write_into(old, value)
             continue
         value = copy.deepcopy(value)
+        if isinstance(value, CommentedSeq) and value:
+            _drop_trailing_layout(value[-1])
         if isinstance(value, CommentedSeq) and isinstance(old, CommentedSeq) and value and old:
             # Blank lines / comments after a block list hang on its last item: keep the file's.
             value.ca.items.pop(len(value) - 1, None)

@@ -163,3 +163,38 @@ def test_no_yaml_aliases_since_dvc_exp_run_set_param_breaks_them(path):
     events = yaml.parse(path.read_text())
     aliases = [e for e in events if isinstance(e, yaml.AliasEvent)]
     assert not aliases, f"{path.name}: YAML alias(es) {[a.anchor for a in aliases]}"
+
+
+def changed_lines(before: str, after: str) -> list[str]:
+    import difflib
+
+    return [
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+
+
+@pytest.mark.parametrize("profile", [None, *(p.stem for p in PROFILES)])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "rewards.weights.clip=0.5",  # a nested number
+        "grpo.lora.target_modules=[q_proj,k_proj]",  # a list: only its changed item
+        "evaluate.systems.0.model=models/other",  # an item of a list of mappings
+        "sft.max_length=512",  # a null
+    ],
+)
+def test_dvc_exp_run_set_param_changes_one_line(params_copy, profile, override):
+    """params.yaml (and what `ebmrl use-profile` writes into it) is in the layout DVC
+    writes back: `dvc exp run -S key=value` (DVC's own writer, as the CLI calls it)
+    changes one line, not the whole file (tests/test_dag.py runs the real command)."""
+    from dvc.utils.hydra import apply_overrides
+
+    if profile:
+        apply_profile(params_copy, profile)
+    before = params_copy.read_text()
+    apply_overrides(str(params_copy), [override])
+    changed = changed_lines(before, params_copy.read_text())
+    assert len(changed) == 2, "\n".join(changed)  # one line out, one line in
+    assert load(params_copy)  # still valid

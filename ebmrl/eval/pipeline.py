@@ -18,13 +18,14 @@ import numpy as np
 from ebmrl.backends import Backend, GenerationClient, make_backend
 from ebmrl.config import JudgeSection, ModelsSection
 from ebmrl.eval import auto_metrics, evaluation
-from ebmrl.eval.frames import jpeg_data_url, judge_frames, shrink, spread
+from ebmrl.eval.frames import jpeg_data_url, judge_frames, shrink
 from ebmrl.eval.generation import ClipFrames, generate_outputs, outputs_by_sample
 from ebmrl.eval.judge import Judge, JudgeContext
 from ebmrl.eval.outputs import SystemOutput
 from ebmrl.frame_store import FrameStore
 from ebmrl.schema import ProfileBook, Sample
 from ebmrl.train.prompting import prompt_id
+from ebmrl.video import spread_frames
 
 
 # ---------------------------------------------------------------------- backends
@@ -207,4 +208,4 @@ def evaluate_outputs(
 
 
 def _thumbnails(frames: np.ndarray, count: int) -> list[str]:
-    return [jpeg_data_url(f) for f in shrink(spread(frames, count), 160)]
+    return [jpeg_data_url(f) for f in shrink(spread_frames(frames, count), 160)]

@@ -16,6 +16,19 @@ import numpy as np
 VISION_PAD_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_pad|>")
 
 
+def strip_none_keys(value: Any) -> Any:
+    """Drop ``None``-valued keys that ``datasets`` adds when it unifies message structs.
+
+    Left in, ``{"type": "text", "text": ..., "video": None}`` makes Qwen's own chat
+    template count a text block as a video.
+    """
+    if isinstance(value, dict):
+        return {k: strip_none_keys(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [strip_none_keys(v) for v in value]
+    return value
+
+
 def video_messages(user_text: str, system: str | None = None) -> list[dict[str, Any]]:
     """A one-turn conversation: optional system prompt, then the clip and the user text."""
     messages: list[dict[str, Any]] = []

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ebmrl.frame_store import FrameStore
-from ebmrl.models.vlm import encode, video_messages
+from ebmrl.models.vlm import encode, strip_none_keys, video_messages
 from ebmrl.rewards.pcg import LikelihoodQuery
 
 
@@ -36,18 +36,7 @@ def clean_conversation(prompt: Any) -> list[dict[str, Any]]:
     to content blocks (the Qwen-VL chat templates would count such text blocks as videos)."""
     if isinstance(prompt, str):
         return video_messages(prompt)
-    messages = []
-    for message in prompt:
-        content = message.get("content")
-        if isinstance(content, list):
-            content = [
-                {k: v for k, v in block.items() if v is not None}
-                if isinstance(block, dict)
-                else block
-                for block in content
-            ]
-        messages.append({**{k: v for k, v in message.items() if v is not None}, "content": content})
-    return messages
+    return strip_none_keys(list(prompt))
 
 
 def middle_cut(ids: list[int], limit: int) -> tuple[list[int], bool]:

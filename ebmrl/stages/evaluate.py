@@ -58,8 +58,10 @@ def _judge_section(params: Params, args: argparse.Namespace):
 def _reward_history(path: str | None) -> list | None:
     if not path or not Path(path).is_file():
         return None
+    from ebmrl.io import read_json
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json(path)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, list) else None
@@ -68,10 +70,12 @@ def _reward_history(path: str | None) -> list | None:
 def _videoqa_summaries(folder: str | None) -> dict:
     if not folder or not Path(folder).is_dir():
         return {}
+    from ebmrl.io import read_json
+
     out = {}
     for path in sorted(Path(folder).glob("*.json")):
         try:
-            out[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+            out[path.stem] = read_json(path)
         except (OSError, ValueError):
             continue
     return out

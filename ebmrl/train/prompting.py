@@ -9,33 +9,26 @@ from __future__ import annotations
 from typing import Any
 
 from ebmrl import prompts
-from ebmrl.schema import CharacterProfile, ProfileBook, Sample
+from ebmrl.schema import ProfileBook, Sample, history_text
 
 
-def _profile_text(name: str, profile: CharacterProfile | None) -> str:
-    if profile is None:
-        return f"Name: {name}\n(no profile on record)"
-    return profile.describe()
-
-
-def history_text(sample: Sample) -> str:
-    if not sample.dialogue:
-        return "(nothing has been said yet)"
-    return "\n".join(f"{turn.speaker}: {turn.utterance}" for turn in sample.dialogue)
+def character_sheet(profiles: ProfileBook | None, name: str, source: str | None) -> str:
+    """The sheet of ``name`` that the policy and the judge both see: the profile in the
+    sample's film (``source``; none given: whichever film has the name), else a note."""
+    profile = (profiles or ProfileBook()).get(name, source)
+    return profile.describe() if profile else f"Name: {name}\n(no profile on record)"
 
 
 def build_prompt(sample: Sample, profiles: ProfileBook | None = None) -> list[dict[str, Any]]:
     """System + user messages; the user turn carries the clip as a ``video`` block."""
-    book = profiles or ProfileBook()
-    source = sample.source or "their story"
     system = prompts.load("roleplay_system").format(
-        assistant=sample.assistant, user=sample.user, source=source
+        assistant=sample.assistant, user=sample.user, source=sample.source or "their story"
     )
     user = prompts.load("roleplay_user").format(
         assistant=sample.assistant,
-        assistant_profile=_profile_text(sample.assistant, book.get(sample.assistant, source)),
-        user_profile=_profile_text(sample.user, book.get(sample.user, source)),
-        history=history_text(sample),
+        assistant_profile=character_sheet(profiles, sample.assistant, sample.source),
+        user_profile=character_sheet(profiles, sample.user, sample.source),
+        history=history_text(sample.dialogue),
     )
     return [
         {"role": "system", "content": [{"type": "text", "text": system.strip()}]},
