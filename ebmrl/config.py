@@ -34,6 +34,10 @@ class ConfigError(ValueError):
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
+        if len(problems) == 1:  # one line, as every stage's error line reads
+            (key, message), *_ = problems
+            super().__init__(f"{source}: {key}: {message}")
+            return
         lines = [f"{source}: {len(problems)} problem(s) in the parameters:"]
         lines += [f"  - {key}: {message}" for key, message in problems]
         super().__init__("\n".join(lines))

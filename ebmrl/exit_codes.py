@@ -42,7 +42,9 @@ _TRANSIENT_CLASSES = {
     "aiohttp": ("ClientConnectionError", "ServerTimeoutError"),
     "requests.exceptions": ("ConnectionError", "Timeout"),
     "urllib3.exceptions": ("ProtocolError", "NewConnectionError", "TimeoutError"),
-    # The response cache could not be read or written (a full disk, a flaky mount).
+    # A backend still down or overloaded after its retries; the response cache could not
+    # be read or written (a full disk, a flaky mount).
+    "ebmrl.backends.base": ("TransientBackendError",),
     "ebmrl.backends.cache": ("CacheError",),
 }
 
@@ -50,7 +52,12 @@ _TRANSIENT_CLASSES = {
 # Exception classes, by module, that mean "the inputs are wrong": a missing or malformed
 # file, a bad value, nothing to work on. Their messages name the file or the key.
 _INVALID_CLASSES = {
-    "builtins": ("FileNotFoundError", "NotADirectoryError", "IsADirectoryError"),
+    "builtins": (
+        "FileNotFoundError",
+        "FileExistsError",
+        "NotADirectoryError",
+        "IsADirectoryError",
+    ),
     "ebmrl.config": ("ConfigError",),
     "ebmrl.schema": ("SchemaError",),
     "ebmrl.frame_store": ("FrameStoreError", "MissingClipError"),

@@ -110,6 +110,8 @@ def annotate_clips(
             "clip_id": o.item.clip_id,
             "uri": o.item.uri,
             "error": f"{type(o.error).__name__}: {o.error}",
+            # A backend that was down or overloaded (after the retries): worth a later rerun.
+            "retryable": bool(getattr(o.error, "retryable", False)),
         }
         for o in outcomes
         if o.error is not None

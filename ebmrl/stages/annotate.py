@@ -40,6 +40,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.data.annotate import AnnotateSettings, annotate_clips
     from ebmrl.data.ingest import read_manifest
     from ebmrl.data.jsonl import write_jsonl
+    from ebmrl.exit_codes import EXIT_TRANSIENT
     from ebmrl.frame_store import ShardedFrameStore, require_clips
     from ebmrl.io import write_json
 
@@ -96,7 +97,8 @@ def run(params: Params, args: argparse.Namespace) -> int:
             "are cached: rerun to retry only the missing ones",
             file=sys.stderr,
         )
-        return 1
+        # Only transient failures (the endpoint down or overloaded): a retry may succeed.
+        return EXIT_TRANSIENT if all(f["retryable"] for f in result.failures) else 1
     write_jsonl(out / "annotations.jsonl", result.annotations)
     # Only what the inputs determine: a DVC output, the same bytes on every run.
     report = {
