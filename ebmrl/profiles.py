@@ -151,11 +151,22 @@ def _drop_trailing_layout(node: Any) -> None:
     _drop_trailing_layout(node[last])
 
 
+def _block_style(node: Any) -> None:
+    """Lists and mappings in block style, all the way down: the layout DVC writes (a flow
+    list written where the file has a block one also confuses ruamel's comments)."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    if isinstance(node, CommentedMap | CommentedSeq):
+        node.fa.set_block_style()
+        for child in node.values() if isinstance(node, CommentedMap) else node:
+            _block_style(child)
+
+
 def _write_into(target: Any, overlay: Any) -> None:
     """Write a round-trip-loaded profile into the round-trip-loaded params, in place.
 
-    Values keep the profile's spelling and style (flow lists, ``3.0e-6``); comments and
-    blank lines of params.yaml stay where they are.
+    Values keep the profile's spelling (``3.0e-6``) and take DVC's block layout; comments
+    and blank lines of params.yaml stay where they are.
     """
     import copy
 
@@ -167,6 +178,7 @@ def _write_into(target: Any, overlay: Any) -> None:
             _write_into(old, value)
             continue
         value = copy.deepcopy(value)
+        _block_style(value)
         if isinstance(value, CommentedSeq) and value:
             _drop_trailing_layout(value[-1])
         if isinstance(value, CommentedSeq) and isinstance(old, CommentedSeq) and value and old:
@@ -207,7 +219,11 @@ def apply_profile(params_path: str | Path, profile: str | Path) -> list[str]:
     # The text must mean exactly the merged parameters (a guard on the comment-keeping
     # writer): otherwise nothing is written.
     expected = merge(base, overlay)
-    if yaml.load(buffer.getvalue(), Loader=_UniqueKeyLoader) != expected:  # noqa: S506
+    try:
+        written = yaml.load(buffer.getvalue(), Loader=_UniqueKeyLoader)  # noqa: S506
+    except yaml.YAMLError:
+        written = None
+    if written != expected:
         raise ConfigError(str(source), [("<write>", "could not write the profile faithfully")])
     # Atomic: write beside, then rename (a crash never leaves half a params.yaml).
     fd, tmp = tempfile.mkstemp(dir=params_path.parent, prefix=".params.", suffix=".yaml")

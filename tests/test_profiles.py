@@ -198,3 +198,19 @@ def test_dvc_exp_run_set_param_changes_one_line(params_copy, profile, override):
     changed = changed_lines(before, params_copy.read_text())
     assert len(changed) == 2, "\n".join(changed)  # one line out, one line in
     assert load(params_copy)  # still valid
+
+
+def test_a_flow_list_in_a_profile_is_written_in_the_block_layout(params_copy):
+    """`records: [s3://...]` over params.yaml's block list (the e2e test's S3 source): a
+    valid file in DVC's layout, the key's comment kept, nothing else moved."""
+    overlay = params_copy.parent / "s3.yaml"
+    overlay.write_text(
+        "ingest:\n  source: s3://bucket/videos\n  records: [s3://bucket/samples.json]\n"
+    )
+    before = params_copy.read_text()
+    assert apply_profile(params_copy, overlay) == ["ingest.source", "ingest.records"]
+    after = params_copy.read_text()
+    assert load(params_copy).ingest.records == ["s3://bucket/samples.json"]
+    assert "  - s3://bucket/samples.json\n" in after and "[s3://" not in after
+    assert "records:                             # released-format files" in after
+    assert len(changed_lines(before, after)) == 4  # source and the one record: out, in

@@ -94,7 +94,8 @@ def reference_model(trainer: Any, init_model: str, models: Any) -> Any:
 
 
 # Per-step timings TRL logs (to MLflow): kept out of the log history the stage writes
-# as a DVC plots file, which must be the same bytes for the same inputs.
+# as a DVC plots file and out of the checkpoints' trainer_state.json (DVC hashes both),
+# which must be the same bytes for the same inputs.
 TIMING_KEYS = ("step_time",)
 
 
@@ -114,6 +115,19 @@ def without_timings(entry: dict[str, Any]) -> dict[str, Any]:
         for k, v in entry.items()
         if k not in TIMING_KEYS and not k.endswith(("_runtime", "_per_second"))
     }
+
+
+def timings_out_of_the_state():
+    """A callback that drops the timings from each entry of the trainer's log history
+    once it is logged (MLflow, called earlier, keeps them), before a checkpoint saves it."""
+    from transformers import TrainerCallback
+
+    class DropTimings(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.log_history:
+                state.log_history[-1] = without_timings(state.log_history[-1])
+
+    return DropTimings()
 
 
 def train_grpo(
@@ -147,7 +161,7 @@ def train_grpo(
         processing_class=processor,
         peft_config=lora_config(section.lora),
         frame_store=inputs.frames,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, timings_out_of_the_state()],
     )
     if pcg_scorer is not None:
         pcg_scorer.model = reference_model(trainer, section.init_model, models)
