@@ -201,6 +201,10 @@ def start_s3(run_dir: Path, port: int, credentials: tuple[str, str]) -> Service:
         "-s3",
         f"-s3.port={port}",
         f"-s3.port.grpc={grpc['s3']}",
+        # Catalog servers we do not use, on fixed default ports (8181, 9101): off, or a
+        # second S3 server on the machine (another checkout, a test) fails to start.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         "-master.volumeSizeLimitMB=256",
         # Each bucket takes several volumes: size the limit by the free disk (0), not a
         # fixed count that three buckets exhaust ("no free volumes left").
