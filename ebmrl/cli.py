@@ -44,7 +44,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
         help="parameters file (default: %(default)s)",
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    check = sub.add_parser("check-params", help="validate params.yaml and exit")
+    check = sub.add_parser(
+        "check-params",
+        help="validate params.yaml, print its settings against the authors' and exit",
+    )
     check.add_argument(
         "--out",
         help="also write this file when the parameters are valid (the check_params stage's "
@@ -122,7 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if args.module is None:
+        from ebmrl.fidelity import fidelity_table
+
         print(f"{args.params}: OK")
+        print(fidelity_table(params))
         if args.out:
             from ebmrl.io import atomic_write_text
 

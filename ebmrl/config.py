@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from ebmrl.tags import TagNames
+
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 
@@ -121,15 +123,27 @@ def _paper_schedule() -> list[FrameStep]:
 
 
 class VideoSection(Section):
-    frame_schedule: list[FrameStep] = Field(default_factory=_paper_schedule, min_length=1)
-    # Frames fed to the VLM are resized so that width*height stays under this budget.
-    max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 100_352
+    """Two samplings per clip (``ebmrl.video``), as the authors have them.
 
-    def schedule(self) -> tuple[tuple[float | None, int], ...]:
-        """The schedule as ``(max_duration_s, frames)`` pairs for ``ebmrl.video``."""
-        return tuple((s.max_duration_s, s.frames) for s in self.frame_schedule)
+    The policy's frames (what the VLM sees), by qwen-vl-utils' rules: about ``fps``
+    frames a second, an even count within [``min_frames``, ``max_frames``], each resized
+    to at most about ``max_pixels_per_frame`` (at least ``min_pixels_per_frame``), sides
+    multiples of 28. The CLIP reward's frames, by clip duration
+    (``clip_frame_schedule``), embedded at full resolution.
+    """
 
-    @field_validator("frame_schedule")
+    fps: Annotated[float, Field(gt=0, le=120)] = 2.0
+    min_frames: Annotated[int, Field(ge=2, le=768)] = 4
+    max_frames: Annotated[int, Field(ge=2, le=768)] = 16
+    min_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 4 * 28 * 28
+    max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 128 * 28 * 28
+    clip_frame_schedule: list[FrameStep] = Field(default_factory=_paper_schedule, min_length=1)
+
+    def clip_schedule(self) -> tuple[tuple[float | None, int], ...]:
+        """The CLIP schedule as ``(max_duration_s, frames)`` pairs for ``ebmrl.video``."""
+        return tuple((s.max_duration_s, s.frames) for s in self.clip_frame_schedule)
+
+    @field_validator("clip_frame_schedule")
     @classmethod
     def _schedule_is_increasing(cls, steps: list[FrameStep]) -> list[FrameStep]:
         bounds = [s.max_duration_s for s in steps]
@@ -141,6 +155,17 @@ class VideoSection(Section):
         if any(b2 <= b1 for b1, b2 in zip(finite, finite[1:], strict=False)):
             raise ValueError(f"max_duration_s must increase step by step, got {finite}")
         return steps
+
+    @model_validator(mode="after")
+    def _ranges(self) -> VideoSection:
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) > max_frames ({self.max_frames})")
+        if self.min_pixels_per_frame > self.max_pixels_per_frame:
+            raise ValueError(
+                f"min_pixels_per_frame ({self.min_pixels_per_frame}) > max_pixels_per_frame "
+                f"({self.max_pixels_per_frame})"
+            )
+        return self
 
 
 # --------------------------------------------------------------------- data stages
@@ -299,12 +324,21 @@ class AnswerRewardSection(Section):
 
 class ClipRewardSection(Section):
     mode: Literal["max", "sent_topk"] = "max"
+    # sent_topk: each sentence averages its top max(1, floor(topk_fraction x T)) frames.
     topk_fraction: Probability = 0.2
-    # sent_topk: sentences per perception sent to CLIP (beyond: counted as truncation).
-    max_sentences: PositiveInt = 16
+    # sent_topk: sentences per perception sent to CLIP (beyond: counted as truncation;
+    # null: no limit, as the authors).
+    max_sentences: PositiveInt | None = 16
+    # sent_topk sentence splitter: ebmrl (ours: sentence ends, keeps short sentences) or
+    # authors (split at every . ! ? and newline, keep pieces longer than 5 characters).
+    sentence_rule: Literal["ebmrl", "authors"] = "ebmrl"
 
 
 class LeakFilterSection(Section):
+    """Drop <think> sentences too close to the reference before PCG scores them. Not used
+    by the authors' released training script; their separate trainer variant uses
+    all-MiniLM-L6-v2 with a cosine threshold of 0.4 (one version) or 0.2 (another)."""
+
     enabled: bool = False
     threshold: Annotated[float, Field(ge=-1, le=1)] = 0.5
     # Sentence encoder (hub id or folder), e.g. sentence-transformers/all-MiniLM-L6-v2.
@@ -314,9 +348,11 @@ class LeakFilterSection(Section):
 class PcgRewardSection(Section):
     leak_filter: LeakFilterSection = LeakFilterSection()
     batch_size: PositiveInt = 16  # queries per reference-model forward pass
-    max_block_chars: PositiveInt = 8192  # perception/think cut (pathological output guard)
-    max_prefix_tokens: Annotated[int, Field(ge=16)] = 2048
-    max_target_tokens: PositiveInt = 256
+    # Perception/think content cut (pathological output guard, reported); null: no cut.
+    max_block_chars: PositiveInt | None = 8192
+    # A scored sequence longer than this (video tokens included) scores 0, counted
+    # (the authors: 16,384); null: no limit.
+    max_sequence_tokens: PositiveInt | None = 16_384
 
 
 class RewardsSection(Section):
@@ -343,6 +379,8 @@ class TrainingSection(Section):
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
     weight_decay: NonNegFloat = 0.0
+    # Gradient-norm clip (transformers' default 1.0; the authors: 5 in both stages).
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
     per_device_batch_size: PositiveInt = 1
     gradient_accumulation_steps: PositiveInt = 8
     epochs: Annotated[float, Field(gt=0)] = 1
@@ -378,6 +416,10 @@ class SftSection(TrainingSection):
     metrics: str = "metrics/sft.json"  # held-out format scores before/after (dvc metrics)
     # Held-out samples whose greedy generations are scored for format before/after training.
     eval_samples: Annotated[int, Field(ge=0)] = 8
+    # The assistant target: tagged (ours: perception, think and reply stripped, one block
+    # per line, in the tags in use) or released (the authors: the released process text,
+    # a blank line, then the solution text, as written).
+    target_layout: Literal["tagged", "released"] = "tagged"
     eval_max_new_tokens: PositiveInt = 128
 
 
@@ -389,7 +431,20 @@ class GrpoSection(TrainingSection):
     group_size: Annotated[int, Field(ge=2)] = 8
     temperature: Annotated[float, Field(gt=0)] = 1.0
     top_p: Probability = 0.95
+    # Sampling top-k (0: off, TRL's default; the authors sample with the generation
+    # config's default 50 besides top-p).
+    top_k: Annotated[int, Field(ge=0)] = 0
     beta: NonNegFloat = 0.04
+    # TRL's loss aggregation: grpo = mean over each completion's tokens, then over
+    # completions (the authors); dapo (TRL's default) = over all tokens of the batch.
+    loss_type: Literal["grpo", "dapo", "bnpo", "dr_grpo"] = "dapo"
+    # Optimisation passes per generated batch (1: the ratio is 1, no clipping acts).
+    num_iterations: Annotated[int, Field(ge=1, le=16)] = 1
+    # The k3 KL's log-ratio clamped to [-kl_clamp, kl_clamp] (the authors: 10); null: off.
+    kl_clamp: Annotated[float, Field(gt=0)] | None = None
+    # TRL 1.16 multiplies the KL by the importance ratio (unbiased reverse-KL gradient,
+    # its default); the authors use the plain k3 estimator (false).
+    kl_bias_correction: bool = True
     max_completion_length: PositiveInt = 1024
     # Drop truncated completions from the loss (they never close </answer>).
     mask_truncated_completions: bool = False
@@ -605,9 +660,16 @@ class TrackingSection(Section):
     experiment: str = Field("ebmrl", min_length=1)
 
 
+TagName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", max_length=40)]
+
+
 class Params(Section):
     """Every section of params.yaml. Missing sections take their defaults."""
 
+    # The tag of each output block, in order (perception, think, answer): read by the
+    # prompts, SFT targets, rewards, tag parsing and the evaluation. The authors' release
+    # and checkpoints use [vision, think, answer].
+    tags: tuple[TagName, TagName, TagName] = ("perception", "think", "answer")
     models: ModelsSection = ModelsSection()
     tiny_models: TinyModelsSection = TinyModelsSection()
     demo: DemoSection = DemoSection()
@@ -622,6 +684,16 @@ class Params(Section):
     evaluate: EvaluateSection = EvaluateSection()
     videoqa: VideoQASection = VideoQASection()
     tracking: TrackingSection = TrackingSection()
+
+    @field_validator("tags")
+    @classmethod
+    def _distinct_tags(cls, tags: tuple[str, str, str]) -> tuple[str, str, str]:
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"the three tags must differ, got {list(tags)}")
+        return tags
+
+    def tag_names(self) -> TagNames:
+        return TagNames(*self.tags)
 
 
 # --------------------------------------------------------------------------- loading

@@ -87,6 +87,24 @@ def chat_server(tiny_vlm_backend):
         server.stop()
 
 
+def _demo_sampling():
+    from ebmrl.config import VideoSection
+
+    return VideoSection(
+        max_frames=8,
+        min_pixels_per_frame=28 * 28 * 4,
+        clip_frame_schedule=[
+            {"max_duration_s": 5, "frames": 4},
+            {"max_duration_s": 15, "frames": 8},
+            {"max_duration_s": None, "frames": 8},
+        ],
+    )
+
+
+# The frame sampling of the test stores: the policy at most 8 frames, CLIP 4 or 8.
+DEMO_SAMPLING = _demo_sampling()
+
+
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory, demo_data, tiny_models):
     """The demo clips ingested and framed once: ``{"ingest": dir, "frames": dir, ...}``."""
@@ -102,15 +120,14 @@ def demo_store(tmp_path_factory, demo_data, tiny_models):
     write_samples(root / "ingest" / "samples.jsonl", result.samples)
     clips = [c for c in result.clips if c.status == "ok"]
     tasks = [frames.FrameTask(c.clip_id, c.uri, c.sha256, c.width, c.height) for c in clips]
-    schedule = ((5.0, 4), (15.0, 8), (None, 8))
+    sampling = DEMO_SAMPLING
     embedder = frames.ClipEmbedder.load(str(tiny_models["clip"]), None)
     frames.build_store(
         tasks,
         root / "frames",
         embedder=embedder,
-        settings=frames.store_settings(schedule, 100_352, str(tiny_models["clip"]), None),
-        schedule=schedule,
-        max_pixels=100_352,
+        settings=frames.store_settings(sampling, str(tiny_models["clip"]), None),
+        sampling=sampling,
         workers=0,
     )
     return {"ingest": root / "ingest", "frames": root / "frames", "clips": clips, "result": result}

@@ -44,8 +44,11 @@ def test_paper_profile_is_the_papers_recipe(params_copy):
         40,
     )
     assert (p.models.dtype, p.models.device) == ("bfloat16", "cuda")
-    assert p.rewards.pcg.leak_filter.enabled
+    # The released training script uses no leak filter (their variant: MiniLM, 0.4).
+    assert not p.rewards.pcg.leak_filter.enabled
     assert p.rewards.pcg.leak_filter.model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert p.rewards.pcg.leak_filter.threshold == 0.4
+    assert p.tags == ("vision", "think", "answer")
     # CoT-SFT: lr 3e-6, warmup 10 %, effective batch 8 (on one GPU), 4 epochs.
     assert (p.sft.learning_rate, p.sft.warmup_ratio, p.sft.epochs) == (3e-6, 0.1, 4)
     assert p.sft.per_device_batch_size * p.sft.gradient_accumulation_steps == 8
@@ -54,9 +57,11 @@ def test_paper_profile_is_the_papers_recipe(params_copy):
     assert (g.group_size, g.temperature, g.top_p) == (8, 1.0, 0.95)
     assert (g.learning_rate, g.lr_scheduler, g.beta) == (5e-7, "cosine", 0.04)
     assert (g.max_completion_length, g.epochs, g.max_steps) == (1024, 1, -1)
-    # Frames: at most 16 per clip, about 100k pixels each.
-    assert max(step.frames for step in p.video.frame_schedule) == 16
+    # Policy frames: about 2 fps, 4 to 16 per clip, about 100k pixels each.
+    assert (p.video.fps, p.video.min_frames, p.video.max_frames) == (2.0, 4, 16)
     assert 90_000 <= p.video.max_pixels_per_frame <= 110_000
+    # CLIP frames: 4 / 8 / 16 / 32 by duration.
+    assert p.video.clip_schedule() == ((5, 4), (15, 8), (60, 16), (None, 32))
 
 
 def test_applying_keeps_comments_order_and_is_idempotent(params_copy):

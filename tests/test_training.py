@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DEMO_SAMPLING
 
 from ebmrl import config
 from ebmrl.data.dataset import write_dataset
@@ -66,14 +67,12 @@ def demo_training_set(tmp_path_factory, tiny_models):
     )
     clips = [c for c in result.clips if c.status == "ok"]
     tasks = [frames.FrameTask(c.clip_id, c.uri, c.sha256, c.width, c.height) for c in clips]
-    schedule = ((5.0, 4), (15.0, 8), (None, 8))
     frames.build_store(
         tasks,
         root / "frames",
         embedder=frames.ClipEmbedder.load(str(tiny_models["clip"]), None),
-        settings=frames.store_settings(schedule, 100_352, str(tiny_models["clip"]), None),
-        schedule=schedule,
-        max_pixels=100_352,
+        settings=frames.store_settings(DEMO_SAMPLING, str(tiny_models["clip"]), None),
+        sampling=DEMO_SAMPLING,
         workers=0,
     )
     return {"samples": result.samples, "profiles": paths["profiles"], "frames": root / "frames"}

@@ -18,6 +18,7 @@ from ebmrl.backends import BackendError, ChatRequest, GenerationClient, Message,
 from ebmrl.eval.outputs import SystemOutput
 from ebmrl.frame_store import FrameStore, FrameStoreError, MissingClipError
 from ebmrl.schema import ProfileBook, Sample
+from ebmrl.tags import DEFAULT_TAGS, TagNames
 from ebmrl.train.prompting import build_prompt, prompt_id
 
 
@@ -32,9 +33,10 @@ def roleplay_request(
     *,
     max_tokens: int,
     seed: int = 0,
+    tags: TagNames = DEFAULT_TAGS,
 ) -> ChatRequest:
     """The training prompt as a greedy chat request; the frames go with the user turn."""
-    conversation = build_prompt(sample, profiles)
+    conversation = build_prompt(sample, profiles, tags)
     messages = tuple(Message(m["role"], _text(m)) for m in conversation)
     return ChatRequest(
         messages=messages,
@@ -88,6 +90,7 @@ def generate_outputs(
     max_tokens: int,
     concurrency: int = 1,
     progress: bool = False,
+    tags: TagNames = DEFAULT_TAGS,
 ) -> dict[str, SystemOutput]:
     """``prompt_id -> SystemOutput`` for every sample (errors recorded per sample)."""
     outputs: dict[str, SystemOutput] = {}
@@ -95,12 +98,14 @@ def generate_outputs(
     for sample in samples:
         why = clips.why_missing(sample)
         if why is not None:
-            outputs[prompt_id(sample)] = SystemOutput(system, error=why)
+            outputs[prompt_id(sample)] = SystemOutput(system, error=why, tags=tags)
         else:
             todo.append(sample)
 
     def generate(sample: Sample) -> str:
-        request = roleplay_request(sample, profiles, clips.of(sample), max_tokens=max_tokens)
+        request = roleplay_request(
+            sample, profiles, clips.of(sample), max_tokens=max_tokens, tags=tags
+        )
         return client.generate(request, system=system, sample=prompt_id(sample))
 
     for outcome in map_concurrent(
@@ -108,12 +113,14 @@ def generate_outputs(
     ):
         key = prompt_id(outcome.item)
         if outcome.error is None:
-            outputs[key] = SystemOutput(system, text=str(outcome.result))
+            outputs[key] = SystemOutput(system, text=str(outcome.result), tags=tags)
         else:
             # Recorded per sample (the report shows it); the other samples still count.
             error = outcome.error
             kind = "" if isinstance(error, BackendError) else f"{type(error).__name__}: "
-            outputs[key] = SystemOutput(system, error=f"generation failed: {kind}{error}")
+            outputs[key] = SystemOutput(
+                system, error=f"generation failed: {kind}{error}", tags=tags
+            )
     return outputs
 
 

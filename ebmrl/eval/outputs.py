@@ -3,23 +3,26 @@
 The judge and the answer metrics look at the *spoken line* only: the ``<answer>`` block,
 or, when a system wrote none, its text with every other block (and stray tag) removed,
 so a model that ignores the format is judged on what it said rather than dropped. An
-empty spoken line is scored 0 without asking the judge.
+empty spoken line is scored 0 without asking the judge. Blocks are read in the tag names
+in use (params.yaml ``tags``; ``vision`` and ``perception`` stand in for each other).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ebmrl.tags import parse, strip_blocks
+from ebmrl.tags import DEFAULT_ALIASES, DEFAULT_TAGS, TagNames, parse_roles, strip_blocks, tag_names
 
 
-def spoken_line(text: str) -> str:
+def spoken_line(text: str, tags: Sequence[str] = DEFAULT_TAGS) -> str:
     """The line a judge sees: the ``<answer>`` block, else the text without blocks."""
-    answer = parse(text).answer
+    names = tag_names(tags)
+    answer = parse_roles(text, names).answer
     if answer is not None:
         return " ".join(answer.split())
-    return strip_blocks(text)
+    return strip_blocks(text, (*names, *DEFAULT_ALIASES.get(names.perception, ())))
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class SystemOutput:
     system: str
     text: str = ""
     error: str | None = None
+    tags: TagNames = DEFAULT_TAGS
 
     @property
     def ok(self) -> bool:
@@ -36,19 +40,19 @@ class SystemOutput:
 
     @property
     def perception(self) -> str | None:
-        return parse(self.text).perception
+        return parse_roles(self.text, self.tags).perception
 
     @property
     def think(self) -> str | None:
-        return parse(self.text).think
+        return parse_roles(self.text, self.tags).think
 
     @property
     def answer(self) -> str | None:
-        return parse(self.text).answer
+        return parse_roles(self.text, self.tags).answer
 
     @property
     def spoken(self) -> str:
-        return spoken_line(self.text) if self.ok else ""
+        return spoken_line(self.text, self.tags) if self.ok else ""
 
     @property
     def digest(self) -> str:

@@ -24,6 +24,7 @@ from ebmrl.eval.judge import Judge, JudgeContext
 from ebmrl.eval.outputs import SystemOutput
 from ebmrl.frame_store import FrameStore
 from ebmrl.schema import ProfileBook, Sample
+from ebmrl.tags import DEFAULT_TAGS, TagNames
 from ebmrl.train.prompting import prompt_id
 from ebmrl.video import spread_frames
 
@@ -86,6 +87,7 @@ def generate_all(
     max_new_tokens: int,
     concurrency: int = 4,
     progress: bool = False,
+    tags: TagNames = DEFAULT_TAGS,
 ) -> tuple[dict[str, dict[str, SystemOutput]], dict[str, dict[str, Any]]]:
     """Each system's outputs, one system at a time: its model is loaded, used, released
     (three 7B models need not fit in memory together). At most ``concurrency`` requests
@@ -106,6 +108,7 @@ def generate_all(
                     concurrency, getattr(client.backend, "max_concurrency", None) or concurrency
                 ),
                 progress=progress,
+                tags=tags,
             )
         finally:
             client.backend.close()

@@ -143,6 +143,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
                 max_new_tokens=section.max_new_tokens,
                 concurrency=requests.concurrency,
                 progress=True,
+                tags=params.tag_names(),
             )
             bert = clip = None
             if section.automatic.bertscore:

@@ -1,5 +1,6 @@
-"""``ebmrl frames``: sampled frames + CLIP embeddings per clip, in shards
-(params: ``frames``, ``video``, ``models.clip``, ``models.clip_pretrained``, ``models.device``).
+"""``ebmrl frames``: the policy's frames + CLIP embeddings of CLIP's own frames per clip, in
+shards (params: ``frames``, ``video``, ``models.clip``, ``models.clip_pretrained``,
+``models.device``).
 
 Reruns reuse the clips already stored with the same settings (resume after a crash).
 How long it took and how much was reused goes to the log, not into the store: the same
@@ -37,10 +38,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
     tasks = [
         frames.FrameTask(c.clip_id, c.uri, c.sha256, c.width or 0, c.height or 0) for c in clips
     ]
-    schedule = params.video.schedule()
-    settings = frames.store_settings(
-        schedule, params.video.max_pixels_per_frame, models.clip, models.clip_pretrained
-    )
+    settings = frames.store_settings(params.video, models.clip, models.clip_pretrained)
     embedder = frames.ClipEmbedder.load(
         models.clip,
         models.clip_pretrained,
@@ -53,8 +51,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             out,
             embedder=embedder,
             settings=settings,
-            schedule=schedule,
-            max_pixels=params.video.max_pixels_per_frame,
+            sampling=params.video,
             workers=workers,
             shard_size_bytes=int(section.shard_size_mb * (1 << 20)),
             compress=section.compress,

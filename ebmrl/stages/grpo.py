@@ -46,7 +46,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             print(f"error: grpo.use_vllm: {reason}", file=sys.stderr)
             return EXIT_INVALID
     is_main, inputs, model, processor = prepare_training_stage(
-        section, models, section.init_model, grpo_rows
+        section, models, section.init_model, lambda inputs: grpo_rows(inputs, params.tag_names())
     )
     tracked = not args.no_tracking and is_main
     logged = {

@@ -32,10 +32,13 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.stages.inputs import prepare_training_stage
     from ebmrl.train.sft import sft_rows, train_sft
 
-    section, models = params.sft, params.models
+    section, models, tags = params.sft, params.models, params.tag_names()
     started = time.perf_counter()
     is_main, inputs, model, processor = prepare_training_stage(
-        section, models, models.vlm, lambda inputs: sft_rows(inputs, section.eval_samples)
+        section,
+        models,
+        models.vlm,
+        lambda inputs: sft_rows(inputs, section.eval_samples, tags, section.target_layout),
     )
     tracked = not args.no_tracking and is_main
     logged = {"sft": section.model_dump(), "models": models.model_dump()}
@@ -48,6 +51,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             processor=processor,
             report_to=["mlflow"] if tracked else [],
             is_main_process=is_main,
+            tags=tags,
         )
         if mlflow is not None:
             numbers = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}

@@ -79,7 +79,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             for system in section.systems:
                 backend = system_backend(system, models, requests, section.torch_threads)
                 client = GenerationClient(backend, cache, retry_policy(requests))
-                answerer = vlm_answerer(client, section.max_new_tokens)
+                answerer = vlm_answerer(client, section.max_new_tokens, params.tag_names())
                 try:
                     for spec, items in benchmarks:
                         results = answer_questions(
@@ -89,6 +89,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
                             reader,
                             concurrency=concurrency(requests, backend),
                             progress=True,
+                            tags=params.tag_names(),
                         )
                         group = nextqa_group if spec.format == "nextqa" else None
                         summaries[spec.name][system.name] = summarize(results, group)

@@ -39,6 +39,7 @@ def common_args(
         # A float in [0, 1) is a fraction of the total steps (transformers 5).
         "warmup_steps": section.warmup_ratio,
         "weight_decay": section.weight_decay,
+        "max_grad_norm": section.max_grad_norm,
         "per_device_train_batch_size": section.per_device_batch_size,
         "gradient_accumulation_steps": section.gradient_accumulation_steps,
         "num_train_epochs": section.epochs,
@@ -77,7 +78,11 @@ def grpo_args(
     report_to: list[str],
     reward_args: dict[str, Any],
 ):
-    """``reward_args``: ``reward_weights``/``multi_objective_aggregation``/... from the rewards."""
+    """``reward_args``: ``reward_weights`` from the rewards (``RewardSetup``).
+
+    The advantages are not TRL's: ``VideoGRPOTrainer`` computes them with ``combine``
+    (``rewards.aggregation``) and clamps the KL log-ratio (``grpo.kl_clamp``).
+    """
     from trl import GRPOConfig
 
     return GRPOConfig(
@@ -85,7 +90,11 @@ def grpo_args(
         num_generations=section.group_size,
         temperature=section.temperature,
         top_p=section.top_p,
+        top_k=section.top_k,
         beta=section.beta,
+        loss_type=section.loss_type,
+        num_iterations=section.num_iterations,
+        use_bias_correction_kl=section.kl_bias_correction,
         max_completion_length=section.max_completion_length,
         mask_truncated_completions=section.mask_truncated_completions,
         use_vllm=section.use_vllm,

@@ -10,6 +10,7 @@ from typing import Any
 
 from ebmrl.config import Params
 from ebmrl.frame_store import FrameStore, require_clips
+from ebmrl.tags import DEFAULT_TAGS
 from ebmrl.train.configs import (
     checkpoint_to_resume,
     grpo_args,
@@ -99,10 +100,11 @@ def reference_model(trainer: Any, init_model: str, models: Any) -> Any:
 TIMING_KEYS = ("step_time",)
 
 
-def grpo_rows(inputs: TrainingInputs) -> list[dict[str, Any]]:
-    """One row per training prompt; ``EmptyTrainingSet`` or ``MissingClipError`` when
-    there is nothing to train on or a clip is not in the frame store."""
-    rows = [grpo_row(s, inputs.profiles) for s in inputs.train]
+def grpo_rows(inputs: TrainingInputs, tags: Sequence[str] = DEFAULT_TAGS) -> list[dict[str, Any]]:
+    """One row per training prompt (prompt and reference in ``tags``); ``EmptyTrainingSet``
+    or ``MissingClipError`` when there is nothing to train on or a clip is not in the
+    frame store."""
+    rows = [grpo_row(s, inputs.profiles, tags) for s in inputs.train]
     if not rows:
         raise EmptyTrainingSet("the train split is empty: GRPO has no prompt to train on")
     require_clips(inputs.frames, [r["clip_id"] for r in rows])
@@ -149,7 +151,7 @@ def train_grpo(
     from datasets import Dataset
 
     section, models = params.grpo, params.models
-    rows = grpo_rows(inputs)
+    rows = grpo_rows(inputs, params.tag_names())
     setup, pcg_scorer = build_rewards(params, inputs.frames, processor)
     out = Path(section.out)
     checkpoints = out / "checkpoints"
@@ -161,6 +163,8 @@ def train_grpo(
         processing_class=processor,
         peft_config=lora_config(section.lora),
         frame_store=inputs.frames,
+        aggregation=setup.aggregation,
+        kl_clamp=section.kl_clamp,
         callbacks=[*callbacks, timings_out_of_the_state()],
     )
     if pcg_scorer is not None:
@@ -169,6 +173,7 @@ def train_grpo(
         trainer_hook(trainer)
     fingerprint = run_fingerprint(
         grpo=section.model_dump(),
+        tags=list(params.tags),
         code=training_code_identity(),
         rewards=params.rewards.model_dump(),
         models=models.model_dump(),

@@ -9,6 +9,7 @@ from typing import Any
 
 from ebmrl.config import ModelsSection, SftSection
 from ebmrl.frame_store import require_clips
+from ebmrl.tags import DEFAULT_TAGS
 from ebmrl.train.configs import (
     checkpoint_to_resume,
     lora_config,
@@ -19,7 +20,7 @@ from ebmrl.train.configs import (
 )
 from ebmrl.train.format_check import greedy_format_scores
 from ebmrl.train.inputs import EmptyTrainingSet, TrainingInputs
-from ebmrl.train.prompting import sft_row
+from ebmrl.train.prompting import TargetLayout, sft_row
 from ebmrl.train.saving import save_final_model
 from ebmrl.train.video_sft import VideoSFTCollator
 
@@ -45,18 +46,26 @@ def last_logged(history: Sequence[dict[str, Any]], key: str) -> Any:
 
 
 def sft_rows(
-    inputs: TrainingInputs, eval_samples: int
+    inputs: TrainingInputs,
+    eval_samples: int,
+    tags: Sequence[str] = DEFAULT_TAGS,
+    layout: TargetLayout = "tagged",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Training rows and held-out rows; ``EmptyTrainingSet`` or ``MissingClipError``
-    when there is nothing to learn from or a clip is not in the frame store."""
-    train_rows = [r for r in (sft_row(s, inputs.profiles) for s in inputs.train) if r is not None]
+    """Training rows and held-out rows (targets in ``tags``, ``layout``: ``sft.target_layout``);
+    ``EmptyTrainingSet`` or ``MissingClipError`` when there is nothing to learn from or a
+    clip is not in the frame store."""
+
+    def rows(samples: Sequence[Any]) -> list[dict[str, Any]]:
+        made = (sft_row(s, inputs.profiles, tags, layout) for s in samples)
+        return [r for r in made if r is not None]
+
+    train_rows = rows(inputs.train)
     if not train_rows:
         raise EmptyTrainingSet(
             f"the train split has {len(inputs.train)} samples and none carries a reference "
             "perception + think trace: SFT has nothing to learn from (check synthesize)"
         )
-    held_out = [r for r in (sft_row(s, inputs.profiles) for s in inputs.test) if r is not None]
-    held_out = held_out[:eval_samples]
+    held_out = rows(inputs.test)[:eval_samples]
     require_clips(inputs.frames, [r["clip_id"] for r in train_rows + held_out])
     return train_rows, held_out
 
@@ -71,9 +80,10 @@ def train_sft(
     report_to: Sequence[str] = (),
     callbacks: Sequence[Any] = (),
     is_main_process: bool = True,
+    tags: Sequence[str] = DEFAULT_TAGS,
 ) -> SftResult:
     """Train ``model`` on ``inputs.train``; checkpoints under ``<out>/checkpoints`` (resumed
-    if present), final model in ``<out>/final``."""
+    if present), final model in ``<out>/final``. ``tags``: params.yaml ``tags``."""
     from datasets import Dataset
     from trl import SFTTrainer
 
@@ -82,11 +92,16 @@ def train_sft(
     class VideoSFTTrainer(ResumeWithConvertedKeys, SFTTrainer):
         pass
 
-    train_rows, held_out = sft_rows(inputs, section.eval_samples)
+    train_rows, held_out = sft_rows(inputs, section.eval_samples, tags, section.target_layout)
     out = Path(section.out)
     checkpoints = out / "checkpoints"
     before, _ = greedy_format_scores(
-        model, processor, held_out, inputs.frames, max_new_tokens=section.eval_max_new_tokens
+        model,
+        processor,
+        held_out,
+        inputs.frames,
+        max_new_tokens=section.eval_max_new_tokens,
+        tags=tags,
     )
     trainer = VideoSFTTrainer(
         model=model,
@@ -99,6 +114,7 @@ def train_sft(
     )
     fingerprint = run_fingerprint(
         sft=section.model_dump(),
+        tags=list(tags),
         code=training_code_identity(),
         models=models.model_dump(),
         start=model_identity(models.vlm),
@@ -111,7 +127,12 @@ def train_sft(
     final_dir = out / "final"
     trained = save_final_model(trainer.model, processor, final_dir, is_main_process)
     after, generations = greedy_format_scores(
-        trained, processor, held_out, inputs.frames, max_new_tokens=section.eval_max_new_tokens
+        trained,
+        processor,
+        held_out,
+        inputs.frames,
+        max_new_tokens=section.eval_max_new_tokens,
+        tags=tags,
     )
     # No timing here: the metrics are a DVC metrics file (same input, same bytes); the
     # trainer logs runtimes to MLflow and the stage prints them.

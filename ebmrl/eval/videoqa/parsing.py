@@ -18,19 +18,21 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ebmrl.tags import parse, strip_blocks
+from ebmrl.tags import DEFAULT_ALIASES, DEFAULT_TAGS, parse_roles, strip_blocks, tag_names
 
 YES = {"yes", "yeah", "yep", "true"}
 NO = {"no", "nope", "false"}
 _PUNCT = re.compile(r"[^\w\s']+")
 
 
-def answer_region(text: str) -> tuple[str, bool]:
-    """The text to read the answer from, and whether it came from an ``<answer>`` block."""
-    block = parse(text, ("answer",)).answer
+def answer_region(text: str, tags: Sequence[str] = DEFAULT_TAGS) -> tuple[str, bool]:
+    """The text to read the answer from, and whether it came from an ``<answer>`` block
+    (``tags``: the tag names in use)."""
+    names = tag_names(tags)
+    block = parse_roles(text, names).answer
     if block is not None:
         return block, True
-    return strip_blocks(text), False
+    return strip_blocks(text, (*names, *DEFAULT_ALIASES.get(names.perception, ()))), False
 
 
 def normalise(text: str) -> str:
@@ -41,9 +43,11 @@ def normalise(text: str) -> str:
     return " ".join(words)
 
 
-def parse_choice(text: str, options: Sequence[str]) -> str | None:
+def parse_choice(
+    text: str, options: Sequence[str], tags: Sequence[str] = DEFAULT_TAGS
+) -> str | None:
     """The option letter ("A", "B", ...) the answer names, or None."""
-    region, _ = answer_region(text)
+    region, _ = answer_region(text, tags)
     region = region.strip()
     letters = "".join(chr(ord("A") + i) for i in range(len(options)))
     if not region or not letters:
@@ -83,8 +87,8 @@ def parse_choice(text: str, options: Sequence[str]) -> str | None:
     return None
 
 
-def parse_yes_no(text: str) -> str | None:
-    region, _ = answer_region(text)
+def parse_yes_no(text: str, tags: Sequence[str] = DEFAULT_TAGS) -> str | None:
+    region, _ = answer_region(text, tags)
     words = normalise(region).split()
     said_yes, said_no = any(w in YES for w in words), any(w in NO for w in words)
     if said_yes == said_no:  # neither, or a hedge ("yes and no")
@@ -92,6 +96,6 @@ def parse_yes_no(text: str) -> str | None:
     return "yes" if said_yes else "no"
 
 
-def parse_open(text: str) -> str | None:
-    region, _ = answer_region(text)
+def parse_open(text: str, tags: Sequence[str] = DEFAULT_TAGS) -> str | None:
+    region, _ = answer_region(text, tags)
     return normalise(region) or None

@@ -25,6 +25,7 @@ from ebmrl import prompts
 from ebmrl.backends import ChatRequest, GenerationClient, Message, map_concurrent
 from ebmrl.eval.videoqa.formats import OPTION_LETTERS, QAItem
 from ebmrl.eval.videoqa.parsing import answer_region, parse_choice, parse_open, parse_yes_no
+from ebmrl.tags import DEFAULT_TAGS, tag_names
 from ebmrl.video import VideoError, probe, sample_frames
 
 Answerer = Callable[[QAItem, np.ndarray], str]
@@ -49,12 +50,12 @@ class QAResult:
         return asdict(self)
 
 
-def predict(item: QAItem, text: str) -> str | None:
+def predict(item: QAItem, text: str, tags: Sequence[str] = DEFAULT_TAGS) -> str | None:
     if item.kind == "choice":
-        return parse_choice(text, item.options)
+        return parse_choice(text, item.options, tags)
     if item.kind == "yes_no":
-        return parse_yes_no(text)
-    return parse_open(text)
+        return parse_yes_no(text, tags)
+    return parse_open(text, tags)
 
 
 def is_correct(item: QAItem, prediction: str | None) -> bool:
@@ -114,8 +115,10 @@ class FrameReader:
 
 
 # -------------------------------------------------------------------- answering
-def videoqa_request(item: QAItem, frames: np.ndarray, max_tokens: int) -> ChatRequest:
-    """The ``<perception><think><answer>`` prompt for one question, greedy."""
+def videoqa_request(
+    item: QAItem, frames: np.ndarray, max_tokens: int, tags: Sequence[str] = DEFAULT_TAGS
+) -> ChatRequest:
+    """The ``<perception><think><answer>`` prompt for one question (in ``tags``), greedy."""
     if item.kind == "choice":
         options = "\n".join(f"({OPTION_LETTERS[i]}) {text}" for i, text in enumerate(item.options))
         user = prompts.load("videoqa_choice").format(question=item.question, options=options)
@@ -125,7 +128,10 @@ def videoqa_request(item: QAItem, frames: np.ndarray, max_tokens: int) -> ChatRe
         user = prompts.load("videoqa_open").format(question=item.question)
     return ChatRequest(
         messages=(
-            Message("system", prompts.load("videoqa_system").strip()),
+            Message(
+                "system",
+                prompts.load("videoqa_system").format(**tag_names(tags)._asdict()).strip(),
+            ),
             Message("user", user.strip()),
         ),
         frames=frames,
@@ -136,11 +142,13 @@ def videoqa_request(item: QAItem, frames: np.ndarray, max_tokens: int) -> ChatRe
     )
 
 
-def vlm_answerer(client: GenerationClient, max_tokens: int) -> Answerer:
+def vlm_answerer(
+    client: GenerationClient, max_tokens: int, tags: Sequence[str] = DEFAULT_TAGS
+) -> Answerer:
     """Answers with a VLM backend (cached by the client: reruns do not regenerate)."""
 
     def answer(item: QAItem, frames: np.ndarray) -> str:
-        request = videoqa_request(item, frames, max_tokens)
+        request = videoqa_request(item, frames, max_tokens, tags)
         return client.generate(request, benchmark=item.benchmark, qid=item.qid)
 
     return answer
@@ -154,6 +162,7 @@ def answer_questions(
     *,
     concurrency: int = 1,
     progress: bool = False,
+    tags: Sequence[str] = DEFAULT_TAGS,
 ) -> list[QAResult]:
     """One ``QAResult`` per item, in order; failures are recorded per question."""
 
@@ -178,14 +187,14 @@ def answer_questions(
             return QAResult(
                 **base, status="not_scored", reason=f"answer failed: {type(exc).__name__}: {exc}"
             )
-        prediction = predict(item, text)
+        prediction = predict(item, text, tags)
         return QAResult(
             **base,
             status="scored",
             text=text,
             prediction=prediction,
             correct=is_correct(item, prediction),
-            from_block=answer_region(text)[1],
+            from_block=answer_region(text, tags)[1],
         )
 
     outcomes = map_concurrent(run, items, concurrency=concurrency, desc=system, progress=progress)
