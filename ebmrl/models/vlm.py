@@ -81,11 +81,23 @@ def encode(
         )
         for conv in conversations
     ]
+    return encode_texts(processor, texts, videos, padding_side=padding_side)
+
+
+def encode_texts(
+    processor: Any,
+    texts: Sequence[str],
+    videos: Sequence[np.ndarray] | None,
+    *,
+    padding_side: str = "left",
+):
+    """Model inputs for texts already in the chat layout, each with at most one clip (its
+    frames as chosen by the frames stage: the processor does not resample them)."""
     tokenizer = processor.tokenizer
     previous = tokenizer.padding_side
     tokenizer.padding_side = padding_side
     try:
-        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+        kwargs: dict[str, Any] = {"text": list(texts), "return_tensors": "pt", "padding": True}
         if videos is not None:
             kwargs["videos"] = [np.asarray(v) for v in videos]
             kwargs["do_sample_frames"] = False

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ebmrl.frame_store import FrameStore
-from ebmrl.models.vlm import strip_none_keys, video_messages
+from ebmrl.models.vlm import encode_texts, strip_none_keys, video_messages
 from ebmrl.rewards.pcg import LikelihoodQuery
 
 
@@ -89,12 +89,7 @@ class VideoLikelihoodScorer:
 
     def _clip_video(self, frames: Any) -> _ClipVideo:
         """The processor's own video features of one clip (its pad token alone as text)."""
-        out = self.processor(
-            text=[self.processor.video_token],
-            videos=[frames],
-            do_sample_frames=False,
-            return_tensors="pt",
-        )
+        out = encode_texts(self.processor, [self.processor.video_token], [frames])
         return _ClipVideo(
             pixels=out["pixel_values_videos"],
             grid_thw=out["video_grid_thw"],
