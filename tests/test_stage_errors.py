@@ -60,6 +60,9 @@ def test_every_stage_names_its_typical_bad_inputs(workspace, capsys, tiny_models
     videos = root / "videos"
     videos.mkdir()
     dataset = empty_dataset(root / "empty_dataset")
+    traced = root / "traced_dataset"  # traces in <perception>, not the tags asked for
+    write_dataset(traced, {"train": demo_store["result"].samples, "test": []}, profile_book())
+    authors = {"tags": ["vision", "think", "answer"]}
     no_profiles = empty_dataset(root / "no_profiles", profiles=False)
     http = {"kind": "http", "base_url": closed_port_url(), "model": "m", "max_retries": 0}
     models = {"vlm": str(tiny_models["vlm"])}
@@ -90,6 +93,14 @@ def test_every_stage_names_its_typical_bad_inputs(workspace, capsys, tiny_models
             ["profiles", str(no_profiles)],
         ),
         (["sft"], {"sft": {"dataset": str(dataset), "frames": missing}}, [missing]),
+        (
+            ["sft"],
+            {
+                **authors,
+                "sft": {"dataset": str(traced), "frames": frames, "target_layout": "released"},
+            },
+            ["tags", "sft.target_layout"],
+        ),
         (["grpo"], {"grpo": {"dataset": str(dataset), "frames": frames}}, ["train split is empty"]),
         (
             ["videoqa"],

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from ebmrl import prompts
-from ebmrl.schema import ProfileBook, Sample, history_text
+from ebmrl.schema import ProfileBook, Sample, SchemaError, history_text
 from ebmrl.tags import DEFAULT_TAGS, first_block, tag_names
 
 # SFT target layouts: "tagged" (ours) rebuilds perception, think and reply stripped, one
@@ -64,13 +64,13 @@ def released_target(sample: Sample, tags: Sequence[str] = DEFAULT_TAGS) -> str:
     """The authors' SFT target: ``process``, a blank line, ``solution``, as written.
 
     A sample without ``solution`` gets its reply in the answer tag. A ``process`` whose
-    blocks are not in the tags in use is an error (training on it would teach other tags
-    than the rewards count).
+    blocks are not in the tags in use is a ``SchemaError`` (training on it would teach
+    other tags than the rewards count; the stages exit 2 naming the sample and the key).
     """
     names = tag_names(tags)
     process = sample.process or ""
     if first_block(process, names.perception) is None or first_block(process, names.think) is None:
-        raise ValueError(
+        raise SchemaError(
             f"sample {prompt_id(sample)}: its process text has no <{names.perception}> and "
             f"<{names.think}> blocks, the tags in use (params.yaml tags: {list(names)}); "
             "set tags to the data's, or use sft.target_layout: tagged"
@@ -112,7 +112,7 @@ def grpo_row(
 ) -> dict[str, Any]:
     """One GRPO dataset row: the columns reward functions receive (see ebmrl.rewards)."""
     if not sample.clip_id:
-        raise ValueError(f"sample {prompt_id(sample)} has no clip_id (run ingest first)")
+        raise SchemaError(f"sample {prompt_id(sample)} has no clip_id (run ingest first)")
     return {
         "prompt": build_prompt(sample, profiles, tags),
         "clip_id": sample.clip_id,
@@ -133,7 +133,7 @@ def sft_row(
     if completion is None:
         return None
     if not sample.clip_id:
-        raise ValueError(f"sample {prompt_id(sample)} has no clip_id (run ingest first)")
+        raise SchemaError(f"sample {prompt_id(sample)} has no clip_id (run ingest first)")
     return {
         "prompt": build_prompt(sample, profiles, tags),
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": completion}]}],
