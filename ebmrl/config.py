@@ -36,6 +36,10 @@ class ConfigError(ValueError):
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
+        if len(problems) == 1:  # one line, as every stage's error line reads
+            (key, message), *_ = problems
+            super().__init__(f"{source}: {key}: {message}")
+            return
         lines = [f"{source}: {len(problems)} problem(s) in the parameters:"]
         lines += [f"  - {key}: {message}" for key, message in problems]
         super().__init__("\n".join(lines))
@@ -203,6 +207,7 @@ class IngestSection(Section):
     extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS), min_length=1)
     strict: bool = False  # any quarantined file or rejected record fails the stage
     verify_decode: bool = True  # decode first, middle and last frame (catches truncation)
+    workers: Annotated[int, Field(ge=1, le=256)] = 4  # files probed at once (threads)
     limits: IngestLimitsSection = IngestLimitsSection()
 
     @field_validator("extensions")
@@ -222,12 +227,9 @@ class FramesSection(Section):
     embed_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
 
 
-class BackendSection(Section):
-    """A text/vision generation backend: a local transformers VLM or an OpenAI-compatible URL."""
+class RequestsSection(Section):
+    """How requests reach a backend: time limit, requests in flight, retries, API key."""
 
-    kind: Literal["local", "http"] = "local"
-    model: str | None = None  # null: models.vlm (local), or the served model name (http)
-    base_url: str | None = None  # http: e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = "OPENAI_API_KEY"
     timeout_s: Annotated[float, Field(gt=0)] = 120.0
     concurrency: Annotated[int, Field(ge=1, le=1024)] = 4
@@ -235,6 +237,14 @@ class BackendSection(Section):
     backoff_s: NonNegFloat = 1.0
     max_backoff_s: NonNegFloat = 60.0
     image_format: Literal["jpeg", "png"] = "jpeg"
+
+
+class BackendSection(RequestsSection):
+    """A text/vision generation backend: a local transformers VLM or an OpenAI-compatible URL."""
+
+    kind: Literal["local", "http"] = "local"
+    model: str | None = None  # null: models.vlm (local), or the served model name (http)
+    base_url: str | None = None  # http: e.g. http://127.0.0.1:8000/v1
     # local: torch CPU threads (null: torch's default). Small models run fastest on one.
     torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
 
@@ -262,6 +272,7 @@ class AnnotateSection(Section):
     out: str = "data/annotate"
     cache: str = "data/annotate_cache"  # append-only; survives crashes and reruns
     max_frames: Annotated[int, Field(ge=1, le=256)] = 8  # frames sent per clip
+    max_words: Annotated[int, Field(ge=1, le=10_000)] = 150  # asked-for description length
     backend: BackendSection = BackendSection()
     generation: GenerationSection = GenerationSection()
 
@@ -402,6 +413,7 @@ class SftSection(TrainingSection):
     dataset: str = "data/dataset"
     frames: str = "data/frames"
     out: str = "models/sft"
+    metrics: str = "metrics/sft.json"  # held-out format scores before/after (dvc metrics)
     # Held-out samples whose greedy generations are scored for format before/after training.
     eval_samples: Annotated[int, Field(ge=0)] = 8
     # The assistant target: tagged (ours: perception, think and reply stripped, one block
@@ -440,6 +452,8 @@ class GrpoSection(TrainingSection):
     dataset: str = "data/dataset"
     frames: str = "data/frames"
     out: str = "models/grpo"
+    metrics: str = "metrics/grpo.json"  # reward summary, first vs last steps (dvc metrics)
+    log_history: str = "metrics/grpo_log.json"  # every logged step (dvc plots)
     # Log a table of sample completions with every reward every N steps.
     completions_every: PositiveInt = 10
     # Sample with vLLM colocated on the training GPU (needs CUDA and vLLM; README).
@@ -612,6 +626,8 @@ class EvaluateSection(Section):
     systems: list[EvalSystemSection] = Field(default_factory=_default_systems, min_length=1)
     max_new_tokens: PositiveInt = 256  # generation of each system's output
     decoding: DecodingSection = DecodingSection()
+    # Requests to each system (an endpoint, or its local model): retries, concurrency.
+    system_requests: RequestsSection = RequestsSection()
     cache: str = "data/eval_cache"  # outputs and judgements; reruns reuse them
     out: str = "reports/eval"  # index.html + results.json
     metrics: str = "metrics/eval.json"
@@ -676,6 +692,8 @@ class VideoQASection(Section):
     frames: Annotated[int, Field(ge=1, le=256)] = 8  # paper: 32
     max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 100_352
     max_new_tokens: PositiveInt = 128
+    # Requests to each system (an endpoint, or its local model): retries, concurrency.
+    system_requests: RequestsSection = RequestsSection()
     out: str = "data/videoqa"  # per-question predictions
     cache: str = "data/videoqa_cache"
     metrics: str = "metrics/videoqa"  # <benchmark>.json each

@@ -260,6 +260,16 @@ def uniform_indices(num_frames: int, count: int) -> list[int]:
     return [min(num_frames - 1, int(step * i + step / 2)) for i in range(count)]
 
 
+def spread_frames(frames: np.ndarray, count: int) -> np.ndarray:
+    """At most ``count`` of ``frames`` (``(T, H, W, 3)``), evenly spread over the clip."""
+    frames = np.asarray(frames)
+    if count <= 0:
+        raise ValueError(f"count must be positive, got {count}")
+    if len(frames) <= count:
+        return frames
+    return frames[uniform_indices(len(frames), count)]
+
+
 def sample_frames(
     uri: str | Path,
     count: int | None = None,

@@ -18,6 +18,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("EBMRL_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 
+def run_stats(output: str, stage: str) -> dict:
+    """The run statistics a stage printed (``<stage> run: {json}``, its last such line):
+    requests, cache hits, retries and seconds live in the log, not in DVC outputs."""
+    import json
+
+    lines = [line for line in output.splitlines() if line.startswith(f"{stage} run: ")]
+    assert lines, f"no '{stage} run:' line in the output:\n{output[-2000:]}"
+    return json.loads(lines[-1].removeprefix(f"{stage} run: "))
+
+
 def pytest_configure(config):
     import torch
 

@@ -585,7 +585,7 @@ def test_the_stage_reports_both_protocols_side_by_side(stage, monkeypatch):
             assert (request["frames"] > 0) == frames
             assert request["decoding"] == (0.7, 0.9, 5)
     # The judge saw a seeded subset of 4 of the 6 samples, with 8 raw-clip frames for VEG.
-    assert len(results["judged"]) == 4 and metrics["judge"]["judged_samples"] == 4
+    assert len(results["judged"]) == 4 and metrics["judged_samples"] == 4
     veg = [r for r in judge.requests if r["metric"] == "VEG" and not r["pairwise"]]
     assert {r["frames"][0] for r in veg} == {8} and {r["frames"][1:3] for r in veg} == {(96, 128)}
     judged = {s["key"]: s for s in results["samples"] if s["judged"]}

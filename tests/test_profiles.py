@@ -135,6 +135,7 @@ def test_paper_profile_reaches_the_same_code_as_the_demo(params_copy):
 def test_every_params_key_is_read_by_some_stage():
     """A key no stage lists in dvc.yaml would change nothing when a profile sets it."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    # (check_params depends on the whole file to validate it; it computes nothing.)
     listed = {key for stage in stages.values() for key in stage.get("params", [])}
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     # Where logs go is deliberately not a dependency: it must not rerun a stage.
@@ -164,3 +165,54 @@ def test_no_yaml_aliases_since_dvc_exp_run_set_param_breaks_them(path):
     events = yaml.parse(path.read_text())
     aliases = [e for e in events if isinstance(e, yaml.AliasEvent)]
     assert not aliases, f"{path.name}: YAML alias(es) {[a.anchor for a in aliases]}"
+
+
+def changed_lines(before: str, after: str) -> list[str]:
+    import difflib
+
+    return [
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+
+
+@pytest.mark.parametrize("profile", [None, *(p.stem for p in PROFILES)])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "rewards.weights.clip=0.5",  # a nested number
+        "grpo.lora.target_modules=[q_proj,k_proj]",  # a list: only its changed item
+        "evaluate.systems.0.model=models/other",  # an item of a list of mappings
+        "sft.max_length=512",  # a null
+    ],
+)
+def test_dvc_exp_run_set_param_changes_one_line(params_copy, profile, override):
+    """params.yaml (and what `ebmrl use-profile` writes into it) is in the layout DVC
+    writes back: `dvc exp run -S key=value` (DVC's own writer, as the CLI calls it)
+    changes one line, not the whole file (tests/test_dag.py runs the real command)."""
+    from dvc.utils.hydra import apply_overrides
+
+    if profile:
+        apply_profile(params_copy, profile)
+    before = params_copy.read_text()
+    apply_overrides(str(params_copy), [override])
+    changed = changed_lines(before, params_copy.read_text())
+    assert len(changed) == 2, "\n".join(changed)  # one line out, one line in
+    assert load(params_copy)  # still valid
+
+
+def test_a_flow_list_in_a_profile_is_written_in_the_block_layout(params_copy):
+    """`records: [s3://...]` over params.yaml's block list (the e2e test's S3 source): a
+    valid file in DVC's layout, the key's comment kept, nothing else moved."""
+    overlay = params_copy.parent / "s3.yaml"
+    overlay.write_text(
+        "ingest:\n  source: s3://bucket/videos\n  records: [s3://bucket/samples.json]\n"
+    )
+    before = params_copy.read_text()
+    assert apply_profile(params_copy, overlay) == ["ingest.source", "ingest.records"]
+    after = params_copy.read_text()
+    assert load(params_copy).ingest.records == ["s3://bucket/samples.json"]
+    assert "  - s3://bucket/samples.json\n" in after and "[s3://" not in after
+    assert "records:                             # released-format files" in after
+    assert len(changed_lines(before, after)) == 4  # source and the one record: out, in

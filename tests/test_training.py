@@ -463,3 +463,17 @@ def test_a_code_change_makes_a_new_run_but_an_unrelated_one_does_not(tmp_path):
     (tmp_path / "train" / "loop.py").write_text("lr = 2\n")
     assert training_code_identity(tmp_path) != before
     assert training_code_identity() == training_code_identity()  # the real package
+
+
+def test_timings_stay_out_of_the_state_that_checkpoints_save():
+    """TRL logs ``step_time`` (MLflow keeps it); the checkpoints' trainer_state.json, which
+    DVC hashes, must not: the same run gives the same bytes."""
+    from types import SimpleNamespace
+
+    from ebmrl.train.grpo import timings_out_of_the_state
+
+    state = SimpleNamespace(log_history=[{"reward": 1.0, "step_time": 0.7, "step": 1}])
+    logs = {"reward": 1.0, "step_time": 0.7}
+    timings_out_of_the_state().on_log(None, state, None, logs=logs)
+    assert state.log_history == [{"reward": 1.0, "step": 1}]
+    assert logs["step_time"] == 0.7  # what the loggers were given is left alone

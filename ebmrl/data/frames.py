@@ -266,7 +266,7 @@ def store_settings(
     sampling: VideoSection, clip_model: str, clip_pretrained: str | None
 ) -> dict[str, Any]:
     """What the stored frames depend on; a change invalidates every shard."""
-    from ebmrl.backends.local import model_fingerprint
+    from ebmrl.models.identity import model_fingerprint
 
     return {
         "video": sampling.model_dump(mode="json"),

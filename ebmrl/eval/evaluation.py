@@ -204,10 +204,11 @@ def metrics_file(
     judge: Mapping[str, Mapping[str, Any]] | None,
     auto: Mapping[str, Mapping[str, Any]],
     pairwise: Mapping[str, Any] | None,
-    judge_stats: Mapping[str, int] | None,
+    judged_samples: int | None = None,
 ) -> dict[str, Any]:
     """The numbers of ``metrics/eval.json``: numeric leaves only (``dvc metrics`` reads
-    them); a metric without a value is left out rather than written as null."""
+    them); a metric without a value is left out rather than written as null. What the
+    inputs determine only: request and cache counts go to the log and MLflow."""
 
     def numbers(mapping: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -236,8 +237,8 @@ def metrics_file(
             }
             for pair, per_metric in pairwise.items()
         }
-    if judge_stats:
-        out["judge"] = numbers(judge_stats)
+    if judged_samples is not None:
+        out["judged_samples"] = judged_samples
     return out
 
 

@@ -13,17 +13,7 @@ import io
 
 import numpy as np
 
-from ebmrl.video import read_frames, uniform_indices
-
-
-def spread(frames: np.ndarray, count: int) -> np.ndarray:
-    """At most ``count`` of ``frames`` (``(T, H, W, 3)``), evenly spread over the clip."""
-    frames = np.asarray(frames)
-    if count <= 0:
-        raise ValueError(f"count must be positive, got {count}")
-    if len(frames) <= count:
-        return frames
-    return frames[uniform_indices(len(frames), count)]
+from ebmrl.video import read_frames, spread_frames
 
 
 def shrink(frames: np.ndarray, max_side: int) -> np.ndarray:
@@ -45,7 +35,7 @@ def shrink(frames: np.ndarray, max_side: int) -> np.ndarray:
 
 def judge_frames(frames: np.ndarray, count: int = 8, max_side: int = 448) -> np.ndarray:
     """What a judge sees of a clip: ``count`` evenly spread frames, shrunk to ``max_side``."""
-    return shrink(spread(frames, count), max_side)
+    return shrink(spread_frames(frames, count), max_side)
 
 
 def judge_frame_indices(num_frames: int, count: int) -> list[int]:

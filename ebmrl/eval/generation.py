@@ -23,9 +23,16 @@ from ebmrl.eval.outputs import SystemOutput
 from ebmrl.frame_store import FrameStore, FrameStoreError, MissingClipError
 from ebmrl.schema import ProfileBook, Sample
 from ebmrl.tags import DEFAULT_TAGS, TagNames
-from ebmrl.train.prompting import PromptMode, build_prompt, prompt_id
+from ebmrl.train.prompting import TRAINING_TEMPLATES, build_prompt, prompt_id
 
 GREEDY = DecodingSection()
+# evaluate.systems[].prompt -> (output format, closing request) prompt templates: ours
+# (the training prompt), a plain chain of thought, a direct answer.
+PROMPT_MODES: dict[str, tuple[str, str]] = {
+    "ebm": TRAINING_TEMPLATES,
+    "cot": ("roleplay_format_cot", "roleplay_request_cot"),
+    "vanilla": ("roleplay_format_vanilla", "roleplay_request_vanilla"),
+}
 
 
 def _text(message: dict) -> str:
@@ -40,11 +47,13 @@ def roleplay_request(
     max_tokens: int,
     decoding: DecodingSection = GREEDY,
     tags: TagNames = DEFAULT_TAGS,
-    mode: PromptMode = "ebm",
+    mode: str = "ebm",
 ) -> ChatRequest:
-    """The role-play prompt (in ``mode``) as a chat request; the frames, if any, go with
-    the user turn."""
-    conversation = build_prompt(sample, profiles, tags, mode)
+    """The role-play prompt (in ``mode``, a key of ``PROMPT_MODES``) as a chat request;
+    the frames, if any, go with the user turn."""
+    if mode not in PROMPT_MODES:
+        raise ValueError(f"prompt mode is one of {sorted(PROMPT_MODES)}, got {mode!r}")
+    conversation = build_prompt(sample, profiles, tags, PROMPT_MODES[mode])
     messages = tuple(Message(m["role"], _text(m)) for m in conversation)
     return ChatRequest(
         messages=messages,
@@ -97,7 +106,7 @@ def generate_outputs(
     *,
     max_tokens: int,
     decoding: DecodingSection = GREEDY,
-    mode: PromptMode = "ebm",
+    mode: str = "ebm",
     with_frames: bool = True,
     concurrency: int = 1,
     progress: bool = False,

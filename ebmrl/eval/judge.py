@@ -48,8 +48,8 @@ from ebmrl import prompts
 from ebmrl.backends import BackendError, ChatRequest, GenerationClient, Message, cache_key
 from ebmrl.backends.cache import ResponseCache
 from ebmrl.eval.outputs import SystemOutput
-from ebmrl.schema import ProfileBook, Sample
-from ebmrl.train.prompting import history_text, prompt_id
+from ebmrl.schema import ProfileBook, Sample, history_text
+from ebmrl.train.prompting import character_sheet, prompt_id
 
 
 # ------------------------------------------------------------------------- metrics
@@ -128,22 +128,15 @@ class JudgeContext:
         frames: np.ndarray | None,
         frame_problem: str | None = None,
     ) -> JudgeContext:
-        book = profiles or ProfileBook()
-        source = sample.source or "their story"
-
-        def sheet(name: str) -> str:
-            profile = book.get(name, sample.source)
-            return profile.describe() if profile else f"Name: {name}\n(no profile on record)"
-
         return cls(
             key=prompt_id(sample),
             clip_id=str(sample.clip_id or sample.video),
-            source=source,
+            source=sample.source or "their story",
             assistant=sample.assistant,
             user=sample.user,
-            assistant_profile=sheet(sample.assistant),
-            user_profile=sheet(sample.user),
-            history=history_text(sample),
+            assistant_profile=character_sheet(profiles, sample.assistant, sample.source),
+            user_profile=character_sheet(profiles, sample.user, sample.source),
+            history=history_text(sample.dialogue),
             reference=" ".join(sample.target.utterance.split()),
             frames=frames,
             frame_problem=frame_problem,

@@ -18,15 +18,9 @@ from typing import Any
 import numpy as np
 
 from ebmrl.backends import Backend, GenerationClient, make_backend
-from ebmrl.config import (
-    BackendSection,
-    DecodingSection,
-    EvalSystemSection,
-    JudgeSection,
-    ModelsSection,
-)
+from ebmrl.config import DecodingSection, EvalSystemSection, JudgeSection, ModelsSection
 from ebmrl.eval import auto_metrics, evaluation
-from ebmrl.eval.frames import clip_judge_frames, jpeg_data_url, judge_frames, shrink, spread
+from ebmrl.eval.frames import clip_judge_frames, jpeg_data_url, judge_frames, shrink
 from ebmrl.eval.generation import GREEDY, ClipFrames, generate_outputs, outputs_by_sample
 from ebmrl.eval.judge import METRICS, Judge, JudgeContext
 from ebmrl.eval.outputs import SystemOutput
@@ -35,23 +29,10 @@ from ebmrl.frame_store import FrameStore, MissingClipError
 from ebmrl.schema import ProfileBook, Sample
 from ebmrl.tags import DEFAULT_TAGS, TagNames
 from ebmrl.train.prompting import prompt_id
-from ebmrl.video import VideoError
+from ebmrl.video import VideoError, spread_frames
 
 
 # ---------------------------------------------------------------------- backends
-def system_backend(
-    system: EvalSystemSection, models: ModelsSection, torch_threads: int | None = None
-) -> Backend:
-    """A system's generator: its model in this process, or the endpoint serving it."""
-    section = BackendSection(
-        kind="http" if system.base_url else "local",
-        model=system.model,
-        base_url=system.base_url,
-        torch_threads=torch_threads,
-    )
-    return make_backend(section, models)
-
-
 @contextlib.contextmanager
 def judge_backend(section: JudgeSection, models: ModelsSection) -> Iterator[Backend]:
     """The judge's backend; with ``serve_local`` the local model is served by
@@ -110,12 +91,14 @@ def generate_all(
     *,
     max_new_tokens: int,
     decoding: DecodingSection = GREEDY,
+    concurrency: int = 4,
     progress: bool = False,
     tags: TagNames = DEFAULT_TAGS,
 ) -> tuple[dict[str, dict[str, SystemOutput]], dict[str, dict[str, Any]]]:
     """Each system's outputs (its prompt mode, with or without the clip), one system at
     a time: its model is loaded, used, released (three 7B models need not fit in memory
-    together). Returns outputs and client stats."""
+    together). At most ``concurrency`` requests in flight (fewer if the backend takes
+    fewer). Returns outputs and client stats."""
     per_system: dict[str, dict[str, SystemOutput]] = {}
     stats: dict[str, dict[str, Any]] = {}
     for system, make_client in systems:
@@ -132,7 +115,9 @@ def generate_all(
                 decoding=decoding,
                 mode=system.prompt,
                 with_frames=system.frames,
-                concurrency=getattr(client.backend, "max_concurrency", None) or 4,
+                concurrency=min(
+                    concurrency, getattr(client.backend, "max_concurrency", None) or concurrency
+                ),
                 progress=progress,
                 tags=tags,
             )
@@ -287,15 +272,13 @@ def evaluate_outputs(
             )
         )
     stats = dict(judge.stats) if judge is not None else {}
-    if judge is not None:
-        stats["judged_samples"] = len(judged)
     metrics = evaluation.metrics_file(
         samples=len(samples),
         systems=systems,
         judge=judge_summary,
         auto=auto,
         pairwise=pairwise,
-        judge_stats=stats,
+        judged_samples=len(judged) if judge is not None else None,
     )
     return EvaluationResult(
         systems=systems,
@@ -313,4 +296,4 @@ def evaluate_outputs(
 
 
 def _thumbnails(frames: np.ndarray, count: int) -> list[str]:
-    return [jpeg_data_url(f) for f in shrink(spread(frames, count), 160)]
+    return [jpeg_data_url(f) for f in shrink(spread_frames(frames, count), 160)]

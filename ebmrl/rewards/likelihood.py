@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ebmrl.frame_store import FrameStore
-from ebmrl.models.vlm import video_messages
+from ebmrl.models.vlm import encode_texts, strip_none_keys, video_messages
 from ebmrl.rewards.pcg import LikelihoodQuery
 
 
@@ -39,18 +39,7 @@ def clean_conversation(prompt: Any) -> list[dict[str, Any]]:
     to content blocks (the Qwen-VL chat templates would count such text blocks as videos)."""
     if isinstance(prompt, str):
         return video_messages(prompt)
-    messages = []
-    for message in prompt:
-        content = message.get("content")
-        if isinstance(content, list):
-            content = [
-                {k: v for k, v in block.items() if v is not None}
-                if isinstance(block, dict)
-                else block
-                for block in content
-            ]
-        messages.append({**{k: v for k, v in message.items() if v is not None}, "content": content})
-    return messages
+    return strip_none_keys(list(prompt))
 
 
 @dataclass(frozen=True)
@@ -100,12 +89,7 @@ class VideoLikelihoodScorer:
 
     def _clip_video(self, frames: Any) -> _ClipVideo:
         """The processor's own video features of one clip (its pad token alone as text)."""
-        out = self.processor(
-            text=[self.processor.video_token],
-            videos=[frames],
-            do_sample_frames=False,
-            return_tensors="pt",
-        )
+        out = encode_texts(self.processor, [self.processor.video_token], [frames])
         return _ClipVideo(
             pixels=out["pixel_values_videos"],
             grid_thw=out["video_grid_thw"],

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ebmrl.config import GrpoSection, LoraSection, ModelsSection, SftSection, TrainingSection
+from ebmrl.models.identity import model_identity  # noqa: F401 (part of this module's API)
 
 
 def lora_config(section: LoraSection):
@@ -140,17 +141,6 @@ def training_code_identity(package: Path | None = None) -> str:
             digest.update(path.relative_to(package).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def model_identity(path: str | Path) -> dict[str, Any]:
-    """Size and modification time of a local model's weights (the id for a hub model)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return {"id": str(path)}
-    return {
-        f.name: [f.stat().st_size, f.stat().st_mtime_ns]
-        for f in sorted(folder.glob("*.safetensors"))
-    }
 
 
 def resumable_checkpoint(output_dir: str | Path, fingerprint: str) -> str | None:

@@ -11,62 +11,54 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from ebmrl import prompts
-from ebmrl.schema import CharacterProfile, ProfileBook, Sample
+from ebmrl.schema import ProfileBook, Sample, SchemaError, history_text
 from ebmrl.tags import DEFAULT_TAGS, first_block, tag_names
 
 # SFT target layouts: "tagged" (ours) rebuilds perception, think and reply stripped, one
 # block per line; "released" is the authors': the released `process` text, a blank line,
 # then the `solution` text, exactly as written.
 TargetLayout = Literal["tagged", "released"]
-# Role-play output formats (evaluate.systems[].prompt): ours, a plain chain of thought,
-# a direct answer.
-PromptMode = Literal["ebm", "cot", "vanilla"]
-PROMPT_MODES: tuple[str, ...] = ("ebm", "cot", "vanilla")
+# The training prompt's output format and closing request (prompt templates): the three
+# blocks. The evaluation's baselines pass their own (ebmrl.eval.generation.PROMPT_MODES).
+TRAINING_TEMPLATES = ("roleplay_format_ebm", "roleplay_request_ebm")
 
 
-def _profile_text(name: str, profile: CharacterProfile | None) -> str:
-    if profile is None:
-        return f"Name: {name}\n(no profile on record)"
-    return profile.describe()
-
-
-def history_text(sample: Sample) -> str:
-    if not sample.dialogue:
-        return "(nothing has been said yet)"
-    return "\n".join(f"{turn.speaker}: {turn.utterance}" for turn in sample.dialogue)
+def character_sheet(profiles: ProfileBook | None, name: str, source: str | None) -> str:
+    """The sheet of ``name`` that the policy and the judge both see: the profile in the
+    sample's film (``source``; none given: whichever film has the name), else a note."""
+    profile = (profiles or ProfileBook()).get(name, source)
+    return profile.describe() if profile else f"Name: {name}\n(no profile on record)"
 
 
 def build_prompt(
     sample: Sample,
     profiles: ProfileBook | None = None,
     tags: Sequence[str] = DEFAULT_TAGS,
-    mode: PromptMode = "ebm",
+    templates: tuple[str, str] = TRAINING_TEMPLATES,
 ) -> list[dict[str, Any]]:
     """System + user messages; the user turn carries the clip as a ``video`` block.
 
-    ``mode`` is the output format asked for: ``ebm`` (perception, think, answer: what
-    training uses), ``cot`` (think, then answer) or ``vanilla`` (the answer alone), the
-    evaluation's baseline prompts. The scene rules and the answer rule are the same in
-    all three."""
-    if mode not in PROMPT_MODES:
-        raise ValueError(f"prompt mode is one of {PROMPT_MODES}, got {mode!r}")
-    book = profiles or ProfileBook()
+    ``templates`` names the output format and the closing request: the three blocks by
+    default (what training uses); the evaluation's baselines ask for other formats with
+    the same scene rules and answer rule."""
+    format_template, request_template = templates
     names = tag_names(tags)
-    source = sample.source or "their story"
-    people = {"assistant": sample.assistant, "user": sample.user, "source": source}
+    people = {
+        "assistant": sample.assistant,
+        "user": sample.user,
+        "source": sample.source or "their story",
+    }
     answer_rule = prompts.load("roleplay_answer").strip().format(**people)
     output_format = (
-        prompts.load(f"roleplay_format_{mode}")
-        .strip()
-        .format(answer_rule=answer_rule, **names._asdict())
+        prompts.load(format_template).strip().format(answer_rule=answer_rule, **names._asdict())
     )
     system = prompts.load("roleplay_system").format(output_format=output_format, **people)
     user = prompts.load("roleplay_user").format(
         assistant=sample.assistant,
-        assistant_profile=_profile_text(sample.assistant, book.get(sample.assistant, source)),
-        user_profile=_profile_text(sample.user, book.get(sample.user, source)),
-        history=history_text(sample),
-        request=prompts.load(f"roleplay_request_{mode}").strip().format(**people),
+        assistant_profile=character_sheet(profiles, sample.assistant, sample.source),
+        user_profile=character_sheet(profiles, sample.user, sample.source),
+        history=history_text(sample.dialogue),
+        request=prompts.load(request_template).strip().format(**people),
     )
     return [
         {"role": "system", "content": [{"type": "text", "text": system.strip()}]},
@@ -88,13 +80,13 @@ def released_target(sample: Sample, tags: Sequence[str] = DEFAULT_TAGS) -> str:
     """The authors' SFT target: ``process``, a blank line, ``solution``, as written.
 
     A sample without ``solution`` gets its reply in the answer tag. A ``process`` whose
-    blocks are not in the tags in use is an error (training on it would teach other tags
-    than the rewards count).
+    blocks are not in the tags in use is a ``SchemaError`` (training on it would teach
+    other tags than the rewards count; the stages exit 2 naming the sample and the key).
     """
     names = tag_names(tags)
     process = sample.process or ""
     if first_block(process, names.perception) is None or first_block(process, names.think) is None:
-        raise ValueError(
+        raise SchemaError(
             f"sample {prompt_id(sample)}: its process text has no <{names.perception}> and "
             f"<{names.think}> blocks, the tags in use (params.yaml tags: {list(names)}); "
             "set tags to the data's, or use sft.target_layout: tagged"
@@ -136,7 +128,7 @@ def grpo_row(
 ) -> dict[str, Any]:
     """One GRPO dataset row: the columns reward functions receive (see ebmrl.rewards)."""
     if not sample.clip_id:
-        raise ValueError(f"sample {prompt_id(sample)} has no clip_id (run ingest first)")
+        raise SchemaError(f"sample {prompt_id(sample)} has no clip_id (run ingest first)")
     return {
         "prompt": build_prompt(sample, profiles, tags),
         "clip_id": sample.clip_id,
@@ -157,7 +149,7 @@ def sft_row(
     if completion is None:
         return None
     if not sample.clip_id:
-        raise ValueError(f"sample {prompt_id(sample)} has no clip_id (run ingest first)")
+        raise SchemaError(f"sample {prompt_id(sample)} has no clip_id (run ingest first)")
     return {
         "prompt": build_prompt(sample, profiles, tags),
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": completion}]}],

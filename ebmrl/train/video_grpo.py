@@ -42,7 +42,7 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
 from ebmrl.frame_store import FrameStore
-from ebmrl.models.vlm import vision_pad_token_ids
+from ebmrl.models.vlm import encode, strip_none_keys, vision_pad_token_ids
 from ebmrl.rewards.aggregate import PAPER_EPS, Aggregation, combine
 from ebmrl.train.resume import ResumeWithConvertedKeys
 from ebmrl.train.vllm_video import prepare_colocated_engine, video_item
@@ -86,19 +86,6 @@ class VideoRows:
         if VIDEO_PIXELS not in batch:
             return None
         return cls(list(batch[VIDEO_PIXELS]), batch[VIDEO_GRID], batch.get(VIDEO_SECONDS))
-
-
-def strip_none_keys(value: Any) -> Any:
-    """Drop ``None``-valued keys that ``datasets`` adds when it unifies message structs.
-
-    Left in, ``{"type": "text", "text": ..., "video": None}`` makes Qwen's own chat
-    template count a text block as a video.
-    """
-    if isinstance(value, dict):
-        return {k: strip_none_keys(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [strip_none_keys(v) for v in value]
-    return value
 
 
 def mm_token_type_ids(
@@ -239,18 +226,8 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
         if self._pending_videos is None:
             return super()._tokenize_prompts(prompts)
         processor = self.processing_class
-        texts = [
-            processor.apply_chat_template(
-                strip_none_keys(p), tokenize=False, add_generation_prompt=True
-            )
-            for p in prompts
-        ]
-        encoded = processor(
-            text=texts,
-            videos=list(self._pending_videos),
-            padding=True,
-            return_tensors="pt",
-            do_sample_frames=False,
+        encoded = encode(
+            processor, [strip_none_keys(p) for p in prompts], list(self._pending_videos)
         )
         mask = encoded["attention_mask"].bool()
         prompt_ids = [ids[m].tolist() for ids, m in zip(encoded["input_ids"], mask, strict=True)]

@@ -24,10 +24,11 @@ a missing video is reported per question when it is answered.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from ebmrl.io import read_json
 
 VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "avi", "mov", "m4v", "gif")
 OPTION_LETTERS = "ABCDEFGH"
@@ -78,13 +79,11 @@ class QAItem:
 def _read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path, AnnotationError)
     except FileNotFoundError:
         raise AnnotationError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise AnnotationError(f"{path}: cannot read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
 
 
 def load_video_map(path: str | Path | None) -> dict[str, str]:
