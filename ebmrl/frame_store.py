@@ -39,11 +39,12 @@ class FrameStore(Protocol):
         ...
 
     def frames(self, clip_id: str) -> np.ndarray:
-        """Sampled frames of the clip, ``(T, H, W, 3)`` uint8."""
+        """The policy's frames of the clip (what the VLM sees), ``(T, H, W, 3)`` uint8."""
         ...
 
     def embeddings(self, clip_id: str) -> np.ndarray:
-        """CLIP image embeddings of those frames, ``(T, D)`` float32, L2-normalised."""
+        """CLIP image embeddings of the clip's CLIP frames (sampled for CLIP, not
+        necessarily the policy's frames), ``(T_clip, D)`` float32, L2-normalised."""
         ...
 
 
@@ -98,15 +99,17 @@ def require_clips(store: FrameStore, clip_ids: Iterable[str]) -> None:
 # Written by the frames stage, read by everything downstream. Layout of a store folder:
 #
 #   index.json              the commit point: settings, and per clip its shard, content
-#                           hash, frame indices and timestamps (seconds)
+#                           hash, the policy frames' indices and timestamps (seconds), and
+#                           the indices of the frames CLIP embedded (clip_indices)
 #   shards/shard-NNNNN.npz  many clips per file (DVC slows down on many small files):
-#                           members frames/<clip_id> (T,H,W,3) uint8,
-#                           embeddings/<clip_id> (T,D) float32, and meta (JSON)
+#                           members frames/<clip_id> (T,H,W,3) uint8 (the policy's),
+#                           embeddings/<clip_id> (T_clip,D) float32, and meta (JSON)
 #
 # Each shard is written atomically and describes itself (meta), so a run that dies
 # keeps its finished shards and the next run reuses them; index.json is written last.
 
-STORE_FORMAT = "ebmrl-frames/1"
+# /2: the embeddings are of CLIP's own frames (clip_indices), not of the stored frames.
+STORE_FORMAT = "ebmrl-frames/2"
 INDEX_NAME = "index.json"
 SHARDS_DIR = "shards"
 
@@ -189,6 +192,11 @@ class ShardedFrameStore:
     def timestamps(self, clip_id: str) -> list[float]:
         """Seconds from the start of the clip of each stored frame."""
         return list(self.info(clip_id)["timestamps"])
+
+    def clip_frame_indices(self, clip_id: str) -> list[int]:
+        """Indices of the frames whose CLIP embeddings are stored."""
+        info = self.info(clip_id)
+        return list(info.get("clip_indices", info["indices"]))
 
     def _member(self, clip_id: str, kind: str, what: str) -> np.ndarray:
         entry = self._clips.get(clip_id)
@@ -277,9 +285,13 @@ class ShardWriter:
         embeddings = l2_normalise(np.asarray(embeddings, dtype=np.float32))
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"clip {clip_id!r}: frames must be (T, H, W, 3), got {frames.shape}")
-        if embeddings.ndim != 2 or embeddings.shape[0] != frames.shape[0]:
+        if "clip_indices" in entry:
+            expected, what = len(entry["clip_indices"]), "CLIP frames"
+        else:
+            expected, what = frames.shape[0], "frames"
+        if embeddings.ndim != 2 or embeddings.shape[0] != expected:
             raise ValueError(
-                f"clip {clip_id!r}: {embeddings.shape[0]} embeddings for {frames.shape[0]} frames"
+                f"clip {clip_id!r}: {embeddings.shape[0]} embeddings for {expected} {what}"
             )
         self._buffer.append((clip_id, frames, embeddings, dict(entry)))
         self._buffered_bytes += frames.nbytes + embeddings.nbytes

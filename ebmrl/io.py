@@ -1,4 +1,7 @@
-"""Small file-system helpers shared by the stages: atomic writes and JSON I/O."""
+"""Small file-system helpers shared by the stages: atomic writes and JSON I/O.
+
+JSON is parsed in one place: a malformed file raises the caller's error class with the
+file and the line named (a missing file stays a ``FileNotFoundError``)."""
 
 from __future__ import annotations
 
@@ -65,5 +68,25 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def parse_json(text: str, origin: str, error: type[Exception] = ValueError) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{origin}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+
+
+def parse_json_lines(text: str, origin: str, error: type[Exception] = ValueError) -> list[Any]:
+    """One JSON value per non-blank line (JSON Lines)."""
+    values = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                values.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise error(f"{origin}: invalid JSON on line {number}: {exc.msg}") from None
+    return values
+
+
+def read_json(path: str | Path, error: type[Exception] = ValueError) -> Any:
+    path = Path(path)
+    return parse_json(path.read_text(encoding="utf-8"), str(path), error)

@@ -90,14 +90,11 @@ def changed_keys(
 def _round_trip_yaml():
     from ruamel.yaml import YAML
 
+    # The layout `dvc exp run -S` writes (ruamel's defaults: lists at their key's indent,
+    # None as an empty value), so that neither tool reformats what the other wrote.
     rt = YAML()
     rt.preserve_quotes = True
     rt.width = 4096
-    rt.indent(mapping=2, sequence=4, offset=2)
-    # Keep params.yaml's spelling of None ("null", not an empty value).
-    rt.representer.add_representer(
-        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
     return rt
 
 
@@ -134,11 +131,42 @@ def _merge_comment(target: Any, key: Any, source: Any) -> None:
     target.ca.items[key] = entry
 
 
+def _drop_trailing_layout(node: Any) -> None:
+    """Remove the blank lines and comments that follow ``node`` in the profile's file
+    (ruamel hangs them on its last key, however deep); end-of-line comments stay."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.error import CommentMark
+    from ruamel.yaml.tokens import CommentToken
+
+    if isinstance(node, CommentedMap) and node:
+        last: Any = list(node)[-1]
+    elif isinstance(node, CommentedSeq) and node:
+        last = len(node) - 1
+    else:
+        return
+    entry = node.ca.items.get(last)
+    if entry and entry[2] is not None:
+        eol, _ = _split_comment(entry[2])
+        entry[2] = CommentToken(f"{eol}\n", CommentMark(entry[2].column), None) if eol else None
+    _drop_trailing_layout(node[last])
+
+
+def _block_style(node: Any) -> None:
+    """Lists and mappings in block style, all the way down: the layout DVC writes (a flow
+    list written where the file has a block one also confuses ruamel's comments)."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    if isinstance(node, CommentedMap | CommentedSeq):
+        node.fa.set_block_style()
+        for child in node.values() if isinstance(node, CommentedMap) else node:
+            _block_style(child)
+
+
 def _write_into(target: Any, overlay: Any) -> None:
     """Write a round-trip-loaded profile into the round-trip-loaded params, in place.
 
-    Values keep the profile's spelling and style (flow lists, ``3.0e-6``); comments and
-    blank lines of params.yaml stay where they are.
+    Values keep the profile's spelling (``3.0e-6``) and take DVC's block layout; comments
+    and blank lines of params.yaml stay where they are.
     """
     import copy
 
@@ -150,6 +178,9 @@ def _write_into(target: Any, overlay: Any) -> None:
             _write_into(old, value)
             continue
         value = copy.deepcopy(value)
+        _block_style(value)
+        if isinstance(value, CommentedSeq) and value:
+            _drop_trailing_layout(value[-1])
         if isinstance(value, CommentedSeq) and isinstance(old, CommentedSeq) and value and old:
             # Blank lines / comments after a block list hang on its last item: keep the file's.
             value.ca.items.pop(len(value) - 1, None)
@@ -188,7 +219,11 @@ def apply_profile(params_path: str | Path, profile: str | Path) -> list[str]:
     # The text must mean exactly the merged parameters (a guard on the comment-keeping
     # writer): otherwise nothing is written.
     expected = merge(base, overlay)
-    if yaml.load(buffer.getvalue(), Loader=_UniqueKeyLoader) != expected:  # noqa: S506
+    try:
+        written = yaml.load(buffer.getvalue(), Loader=_UniqueKeyLoader)  # noqa: S506
+    except yaml.YAMLError:
+        written = None
+    if written != expected:
         raise ConfigError(str(source), [("<write>", "could not write the profile faithfully")])
     # Atomic: write beside, then rename (a crash never leaves half a params.yaml).
     fd, tmp = tempfile.mkstemp(dir=params_path.parent, prefix=".params.", suffix=".yaml")

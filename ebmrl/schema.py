@@ -10,7 +10,7 @@ fields included (they travel in ``Sample.extra``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ebmrl import tags
-from ebmrl.io import atomic_write_text
+from ebmrl.io import atomic_write_text, read_json
 
 
 class SchemaError(ValueError):
@@ -347,6 +347,13 @@ def dump_released(samples: Iterable[Sample], path: str | Path) -> None:
 
 
 # ------------------------------------------------------------------------- profiles
+def history_text(turns: Sequence[Turn]) -> str:
+    """A dialogue as the prompts show it: one ``speaker: utterance`` line per turn."""
+    if not turns:
+        return "(nothing has been said yet)"
+    return "\n".join(f"{turn.speaker}: {turn.utterance}" for turn in turns)
+
+
 class ProfileBook(BaseModel):
     """Character profiles per film, plus global user personas (``user_fan``)."""
 
@@ -404,12 +411,7 @@ def parse_profiles(data: Any, origin: str = "<profiles>") -> ProfileBook:
 
 
 def load_profiles(path: str | Path) -> ProfileBook:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SchemaError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    return parse_profiles(data, origin=str(path))
+    return parse_profiles(read_json(path, SchemaError), origin=str(path))
 
 
 def profiles_to_released(book: ProfileBook) -> dict[str, Any]:

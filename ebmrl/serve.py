@@ -6,6 +6,13 @@ The images of a request are the frames of one clip, in order: they reach the mod
 video, with the last user message. ``GET /v1/models``, ``GET /health`` and ``GET /stats``
 (request counters, for tests and benchmarks) complete it.
 
+Bounded: a request body over ``max_body_bytes`` is refused with 413 before it is read,
+a prompt over the model's context with 400 (the backend checks it before generating),
+and at most ``max_queue`` completions are admitted at once (running or waiting for the
+model); more get 503 with ``Retry-After`` at once, while health, model and stats requests
+keep being answered. Connections beyond ``max_connections`` get 503 too, and an idle
+keep-alive connection is closed after ``idle_timeout_s``, so threads stay bounded.
+
 It can inject faults for retry tests: a fraction of requests answered with an error
 status (503 by default) and a fixed added latency. Only the standard library serves
 HTTP (``ThreadingHTTPServer``: one thread per connection, so injected latency overlaps
@@ -14,8 +21,10 @@ across concurrent clients while the model itself runs one request at a time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import socket
 import threading
 import time
 import uuid
@@ -27,7 +36,10 @@ from typing import Any
 from ebmrl.backends.base import Backend, BackendError, ChatRequest, Message
 from ebmrl.backends.images import ImageDecodeError, data_url_to_frame, stack_frames
 
-MAX_BODY_BYTES = 256 * 1024 * 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024  # default limit: a clip's frames as JPEG fit many times
+MAX_QUEUE = 8  # completions admitted at once (one runs, the rest wait for the model)
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT_S = 30.0
 
 
 class BadRequest(ValueError):
@@ -172,21 +184,41 @@ class ChatServer(ThreadingHTTPServer):
         port: int = 0,
         faults: Faults | None = None,
         max_tokens_limit: int = 4096,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_queue: int = MAX_QUEUE,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
         verbose: bool = False,
     ):
+        for name, value in (
+            ("max_body_bytes", max_body_bytes),
+            ("max_queue", max_queue),
+            ("max_connections", max_connections),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         super().__init__((host, port), _Handler)
         self.backend = backend
         self.model_name = model_name or backend.model_id
         self.faults = faults or Faults()
         self.max_tokens_limit = max_tokens_limit
+        self.max_body_bytes = max_body_bytes
+        self.max_queue = max_queue
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
         self.verbose = verbose
         self._lock = threading.Lock()
+        self._admitted = threading.BoundedSemaphore(max_queue)
+        self._connections = 0
         self.counters = {
             "requests": 0,
             "completed": 0,
             "injected_failures": 0,
             "bad_requests": 0,
             "errors": 0,
+            "too_large": 0,
+            "queue_full": 0,
+            "refused_connections": 0,
             "in_flight": 0,
             "max_in_flight": 0,
         }
@@ -209,6 +241,33 @@ class ChatServer(ThreadingHTTPServer):
         with self._lock:
             return dict(self.counters)
 
+    def admit(self) -> bool:
+        """A place among the ``max_queue`` completions admitted at once, if one is free."""
+        return self._admitted.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._admitted.release()
+
+    # Connections: one thread each, at most ``max_connections`` of them.
+    def process_request(self, request, client_address) -> None:
+        with self._lock:
+            full = self._connections >= self.max_connections
+            if not full:
+                self._connections += 1
+        if full:
+            self.count("refused_connections")
+            _refuse_connection(request)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self._connections -= 1
+
     def start(self) -> ChatServer:
         """Serve from a background thread (tests, benchmarks); ``stop()`` ends it."""
         self._thread = threading.Thread(target=self.serve_forever, name="ebmrl-serve", daemon=True)
@@ -228,9 +287,28 @@ class ChatServer(ThreadingHTTPServer):
         self.stop()
 
 
+def _refuse_connection(sock: socket.socket) -> None:
+    """A whole 503 response written straight to a connection that gets no thread."""
+    body = json.dumps(
+        {"error": {"message": "too many connections", "type": "overloaded", "code": 503}}
+    ).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    with contextlib.suppress(OSError):
+        sock.settimeout(2)
+        sock.sendall(head.encode() + body)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections
     server: ChatServer
+
+    def setup(self) -> None:
+        # An idle keep-alive connection must not hold its thread forever.
+        self.timeout = self.server.idle_timeout_s
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
@@ -263,24 +341,64 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, f"no such endpoint: GET {path}", "not_found")
 
+    def _refuse_body(self, length: int) -> None:
+        """413 without reading the body; then a lingering close, so that the client,
+        still sending, reads the answer instead of a connection reset."""
+        server = self.server
+        server.count("too_large")
+        self.close_connection = True
+        self._error(
+            413,
+            f"request body of {length} bytes is over the limit of {server.max_body_bytes} bytes",
+            "invalid_request_error",
+        )
+        deadline = time.monotonic() + 5  # a bounded drain, however much the client sends
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(1)
+            while self.connection.recv(1 << 16) and time.monotonic() < deadline:
+                pass
+
     def do_POST(self) -> None:
         path = self.path.split("?")[0].rstrip("/")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
             self.close_connection = True
-            self._error(413, f"request body over {MAX_BODY_BYTES} bytes", "invalid_request_error")
+            self._error(400, "bad request: invalid Content-Length", "invalid_request_error")
+            return
+        server = self.server
+        if length > server.max_body_bytes:
+            self._refuse_body(length)
             return
         raw = self.rfile.read(length) if length else b""
         if path != "/v1/chat/completions":
             self._error(404, f"no such endpoint: POST {path}", "not_found")
             return
-        server = self.server
         server.count("requests")
+        if not server.admit():
+            server.count("queue_full")
+            self._send(
+                503,
+                {
+                    "error": {
+                        "message": f"server busy: {server.max_queue} request(s) already queued",
+                        "type": "overloaded",
+                        "code": 503,
+                    }
+                },
+                headers={"Retry-After": "1"},
+            )
+            return
         server.count("in_flight")
         try:
             self._complete(raw)
         finally:
             server.count("in_flight", -1)
+            server.release()
 
     def _complete(self, raw: bytes) -> None:
         server = self.server

@@ -24,6 +24,10 @@ from typing import Any
 from ebmrl.config import TrackingSection
 
 PARENT_ENV = "EBMRL_PARENT_RUN_ID"
+# MLflow 3 opens an experiment on its GenAI overview unless this tag says it trains models
+# (the value MLflow itself uses for "traditional ML"): then its runs table opens.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT = "custom_model_development"
 MAX_PARAM_VALUE = 6000  # MLflow's limit for a parameter value (characters)
 MAX_PARAMS_PER_BATCH = 100
 
@@ -45,6 +49,19 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
                 text = text[: MAX_PARAM_VALUE - 14] + "...[truncated]"
             flat[name[:250]] = text
     return flat
+
+
+def metric_values(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested mapping as MLflow metrics: ``{"a": {"b": 1}}`` ->
+    ``{"a/b": 1.0}``; other leaves (text, None, lists) are left out."""
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(metric_values(value, f"{name}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
 
 
 def git_commit(cwd: str | Path = ".") -> str:
@@ -75,6 +92,19 @@ def dvc_inputs_hash(stage: str, lock_path: str | Path = "dvc.lock") -> str:
     return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def training_experiment_id(client: Any, name: str) -> str:
+    """The id of experiment ``name`` (created if missing), marked as a model-training
+    experiment unless it already has a kind (someone's choice stays)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        experiment_id = client.create_experiment(name)
+    else:
+        experiment_id = experiment.experiment_id
+    if experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT)
+    return experiment_id
+
+
 def parent_run_id() -> str | None:
     return os.environ.get(PARENT_ENV) or os.environ.get("MLFLOW_RUN_ID") or None
 
@@ -99,7 +129,7 @@ def stage_run(
 
     mlflow.set_tracking_uri(tracking_uri(section))
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or section.experiment
-    mlflow.set_experiment(experiment)
+    mlflow.set_experiment(experiment_id=training_experiment_id(mlflow.MlflowClient(), experiment))
     parent = parent_run_id()
     # TRL's MLflow callback would try to (re)start MLFLOW_RUN_ID: hand it our run instead.
     saved_run_id = os.environ.pop("MLFLOW_RUN_ID", None)

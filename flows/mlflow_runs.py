@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ebmrl.config import load
-from ebmrl.tracking import PARENT_ENV, flatten, git_commit
+from ebmrl.tracking import PARENT_ENV, flatten, git_commit, training_experiment_id
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,7 @@ def start_parent_run(
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking.uri)
-    experiment = client.get_experiment_by_name(tracking.experiment)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment is not None
-        else client.create_experiment(tracking.experiment)
-    )
+    experiment_id = training_experiment_id(client, tracking.experiment)
     run = client.create_run(
         experiment_id,
         run_name=name,

@@ -75,7 +75,11 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server can listen on ``port`` now. The probe binds as the servers do,
+    with ``SO_REUSEADDR``: connections of a stopped server lingering in TIME-WAIT (about
+    a minute) do not keep the port from being reused; a listening socket does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
@@ -197,6 +201,10 @@ def start_s3(run_dir: Path, port: int, credentials: tuple[str, str]) -> Service:
         "-s3",
         f"-s3.port={port}",
         f"-s3.port.grpc={grpc['s3']}",
+        # Catalog servers we do not use, on fixed default ports (8181, 9101): off, or a
+        # second S3 server on the machine (another checkout, a test) fails to start.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         "-master.volumeSizeLimitMB=256",
         # Each bucket takes several volumes: size the limit by the free disk (0), not a
         # fixed count that three buckets exhaust ("no free volumes left").
@@ -370,6 +378,9 @@ def write_state(run_dir: Path, services: Mapping[str, Service]) -> None:
 
 def up(run_dir: Path = DEFAULT_RUN_DIR, ui: bool = True) -> dict[str, Service]:
     """Start S3, MLflow, the Prefect server and one worker per pool (idempotent)."""
+    # Absolute: every server runs from inside the run folder, so a relative path (the
+    # default `.services`) would point below itself.
+    run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     services = {n: s for n, s in read_state(run_dir).items() if s.alive()}
     if services:
@@ -409,6 +420,7 @@ def up(run_dir: Path = DEFAULT_RUN_DIR, ui: bool = True) -> dict[str, Service]:
 
 
 def down(run_dir: Path = DEFAULT_RUN_DIR) -> list[str]:
+    run_dir = Path(run_dir).resolve()
     services = read_state(run_dir)
     # Workers first (they talk to the server), the store last.
     order = sorted(services, key=lambda n: (not n.startswith("worker"), n == "s3"))

@@ -18,6 +18,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("EBMRL_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 
+def run_stats(output: str, stage: str) -> dict:
+    """The run statistics a stage printed (``<stage> run: {json}``, its last such line):
+    requests, cache hits, retries and seconds live in the log, not in DVC outputs."""
+    import json
+
+    lines = [line for line in output.splitlines() if line.startswith(f"{stage} run: ")]
+    assert lines, f"no '{stage} run:' line in the output:\n{output[-2000:]}"
+    return json.loads(lines[-1].removeprefix(f"{stage} run: "))
+
+
 def pytest_configure(config):
     import torch
 
@@ -84,6 +94,24 @@ def chat_server(tiny_vlm_backend):
         server.stop()
 
 
+def _demo_sampling():
+    from ebmrl.config import VideoSection
+
+    return VideoSection(
+        max_frames=8,
+        min_pixels_per_frame=28 * 28 * 4,
+        clip_frame_schedule=[
+            {"max_duration_s": 5, "frames": 4},
+            {"max_duration_s": 15, "frames": 8},
+            {"max_duration_s": None, "frames": 8},
+        ],
+    )
+
+
+# The frame sampling of the test stores: the policy at most 8 frames, CLIP 4 or 8.
+DEMO_SAMPLING = _demo_sampling()
+
+
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory, demo_data, tiny_models):
     """The demo clips ingested and framed once: ``{"ingest": dir, "frames": dir, ...}``."""
@@ -99,15 +127,14 @@ def demo_store(tmp_path_factory, demo_data, tiny_models):
     write_samples(root / "ingest" / "samples.jsonl", result.samples)
     clips = [c for c in result.clips if c.status == "ok"]
     tasks = [frames.FrameTask(c.clip_id, c.uri, c.sha256, c.width, c.height) for c in clips]
-    schedule = ((5.0, 4), (15.0, 8), (None, 8))
+    sampling = DEMO_SAMPLING
     embedder = frames.ClipEmbedder.load(str(tiny_models["clip"]), None)
     frames.build_store(
         tasks,
         root / "frames",
         embedder=embedder,
-        settings=frames.store_settings(schedule, 100_352, str(tiny_models["clip"]), None),
-        schedule=schedule,
-        max_pixels=100_352,
+        settings=frames.store_settings(sampling, str(tiny_models["clip"]), None),
+        sampling=sampling,
         workers=0,
     )
     return {"ingest": root / "ingest", "frames": root / "frames", "clips": clips, "result": result}

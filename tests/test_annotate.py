@@ -9,7 +9,8 @@ from pathlib import Path
 from ebmrl import cli
 from ebmrl.backends import GenerationClient, ResponseCache, RetryPolicy
 from ebmrl.backends.openai_http import OpenAIHTTPBackend
-from ebmrl.data.annotate import AnnotateSettings, annotate_clips, read_annotations
+from ebmrl.data.annotate import AnnotateSettings, annotate_clips
+from ebmrl.data.jsonl import read_annotations
 from ebmrl.frame_store import ShardedFrameStore
 
 BIN = Path(sys.executable).parent
@@ -133,7 +134,8 @@ def test_kill_9_mid_run_then_rerun_gives_exactly_one_annotation_per_clip(
 def test_failures_are_reported_and_no_output_is_written(tmp_path, demo_store, chat_server, capsys):
     server = chat_server(fail_rate=1.0)
     params = _params(tmp_path, demo_store, server.url, max_retries=1)
-    assert cli.main(["--params", str(params), "annotate"]) == 1
+    # 503 after the retries: transient (exit 75), an orchestrator tries again later.
+    assert cli.main(["--params", str(params), "annotate"]) == 75
     err = capsys.readouterr().err
     assert "HTTP 503" in err and "failed" in err
     assert not (tmp_path / "annotate" / "annotations.jsonl").exists()

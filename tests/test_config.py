@@ -25,7 +25,7 @@ def test_shipped_params_are_valid_and_match_paper_method():
     }
     assert params.rewards.aggregation == "normalize_then_sum"
     assert params.grpo.group_size == 8 and params.grpo.beta == 0.04
-    assert [(s.max_duration_s, s.frames) for s in params.video.frame_schedule] == [
+    assert [(s.max_duration_s, s.frames) for s in params.video.clip_frame_schedule] == [
         (5, 4),
         (15, 8),
         (60, 16),
@@ -82,19 +82,25 @@ BAD_VALUES = [
     ("grpo.max_completion_length", 0, ["grpo.max_completion_length"]),
     ("sft.lora.dropout", 1.0, ["sft.lora.dropout"]),
     (
-        "video.frame_schedule",
+        "video.clip_frame_schedule",
         [{"max_duration_s": 5, "frames": 4}],
-        ["video.frame_schedule", "last step"],
+        ["video.clip_frame_schedule", "last step"],
     ),
     (
-        "video.frame_schedule",
+        "video.clip_frame_schedule",
         [
             {"max_duration_s": 15, "frames": 8},
             {"max_duration_s": 5, "frames": 4},
             {"max_duration_s": None, "frames": 32},
         ],
-        ["video.frame_schedule", "increase"],
+        ["video.clip_frame_schedule", "increase"],
     ),
+    ("video.min_frames", 20, ["video", "min_frames (20) > max_frames (8)"]),
+    ("video.max_frames", 1, ["video.max_frames"]),
+    ("tags", ["vision", "vision", "answer"], ["tags", "must differ"]),
+    ("grpo.loss_type", "ppo", ["grpo.loss_type", "'ppo'"]),
+    ("grpo.kl_clamp", 0, ["grpo.kl_clamp"]),
+    ("sft.target_layout", "raw", ["sft.target_layout", "'raw'"]),
 ]
 
 

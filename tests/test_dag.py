@@ -1,7 +1,9 @@
 """DAG-wide properties of dvc.yaml on the CI profile, in a copy of the tree: a no-op
 ``dvc repro`` reruns nothing (and is quick), a reward weight invalidates only grpo and
-reruns only grpo and the stages after it, an annotation prompt invalidates annotate, and
-``dvc exp run -S`` / ``dvc exp show`` work."""
+reruns only grpo and the stages after it, an annotation prompt invalidates annotate,
+invalid params stop ``dvc repro`` before any output is touched, the data stages built
+again from scratch give the same bytes, and ``dvc exp run -S`` changes one line of
+params.yaml; ``dvc exp show`` and ``dvc metrics diff`` work as the README shows them."""
 
 import json
 import os
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import copy_working_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -76,7 +79,8 @@ def test_a_reward_weight_invalidates_only_grpo(ci_repo):
     try:
         run(ci_repo, "ebmrl", "use-profile", "weight.yaml")
         status = _status(ci_repo)
-        assert set(status) == {"grpo"}, status
+        # check_params validates every key (it reruns in a second; its output is constant).
+        assert set(status) == {"check_params", "grpo"}, status
         assert "rewards" in json.dumps(status["grpo"])
     finally:
         params.write_text(original)
@@ -102,9 +106,66 @@ def test_an_annotation_prompt_invalidates_annotate_and_everything_after_depends_
     assert _status(ci_repo) == {}
 
 
+def outputs_digest(repo: Path) -> dict[str, str]:
+    """md5 of every pipeline output file (and dvc.lock), by path."""
+    import hashlib
+
+    files = [repo / "dvc.lock"] + [
+        path
+        for folder in ("data", "models", "metrics", "reports")
+        for path in (repo / folder).rglob("*")
+        if path.is_file()
+    ]
+    return {str(p.relative_to(repo)): hashlib.md5(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_invalid_params_stop_dvc_repro_before_any_output_is_touched(ci_repo):
+    """DVC deletes a stage's outputs before running it: the check_params stage, which
+    every stage depends on, must fail first. An unknown top-level section (which no stage
+    lists, so DVC alone would see nothing to do) and a misspelled key both stop the run,
+    named, and every output keeps its bytes (metrics files cannot be restored by DVC)."""
+    params = ci_repo / "params.yaml"
+    original = params.read_text()
+    before = outputs_digest(ci_repo)
+    typos = {
+        "reward": original + "reward:\n  weights:\n    clip: 0.5\n",
+        "grpo.max_completon_length": original.replace(
+            "\n  max_completion_length:", "\n  max_completon_length:"
+        ),
+    }
+    try:
+        for key, text in typos.items():
+            assert text != original
+            params.write_text(text)
+            result = run(ci_repo, "dvc", "repro", check=False)
+            assert result.returncode != 0, result.stdout
+            assert f"{key}: unknown key" in result.stdout + result.stderr
+            assert stages_that_ran(result.stdout) == {"check_params"}
+            assert outputs_digest(ci_repo) == before
+    finally:
+        params.write_text(original)
+    assert _status(ci_repo) == {}
+
+
+def test_the_data_stages_built_again_from_scratch_give_the_same_bytes(ci_repo, tmp_path):
+    """Same input, same bytes: no timing or cache statistics in any data output, so a
+    second build (another copy, nothing cached) records the same hashes in dvc.lock."""
+    again = copy_working_tree(tmp_path / "repo", profile="ci")
+    started = time.perf_counter()
+    built = stages_that_ran(run(again, "dvc", "repro", "synthesize").stdout)
+    print(f"\ndata stages again, from scratch: {time.perf_counter() - started:.0f}s")
+    first, second = (
+        yaml.safe_load((repo / "dvc.lock").read_text())["stages"] for repo in (ci_repo, again)
+    )
+    assert {"tiny_models", "demo_data", "ingest", "frames", "annotate", "synthesize"} <= built
+    differ = [stage for stage in sorted(built) if first[stage]["outs"] != second[stage]["outs"]]
+    assert not differ, {s: (first[s]["outs"], second[s]["outs"]) for s in differ}
+
+
 def test_exp_run_with_a_reward_weight_reruns_grpo_and_what_follows(ci_repo, tmp_path):
     """``dvc exp run -S rewards.weights.clip=0.5``: grpo (and what follows, as far as its
-    outputs changed) reruns, nothing before grpo does; ``dvc exp show`` lists it."""
+    outputs changed) reruns, nothing before grpo does; params.yaml (in the layout DVC
+    writes) changes by that one line; ``dvc exp show`` lists it."""
     work = tmp_path / "repo"
     shutil.copytree(ci_repo, work, symlinks=True)
     result = run(work, "dvc", "exp", "run", "-n", "clip-half", "-S", "rewards.weights.clip=0.5")
@@ -113,8 +174,12 @@ def test_exp_run_with_a_reward_weight_reruns_grpo_and_what_follows(ci_repo, tmp_
     # grpo reruns; a stage after it reruns when its inputs changed (DVC compares hashes:
     # on the CI profile the tiny model may come out identical, and then videoqa, which
     # reads only the model, is rightly skipped); nothing before grpo reruns.
-    assert "grpo" in ran and ran <= {"grpo"} | downstream(work, "grpo")
+    assert "grpo" in ran and ran <= {"check_params", "grpo"} | downstream(work, "grpo")
     assert _status(work) == {}
+    numstat = subprocess.run(
+        ["git", "diff", "--numstat", "params.yaml"], cwd=work, capture_output=True, text=True
+    ).stdout.split()
+    assert numstat[:2] == ["1", "1"], run(work, "git", "diff", "params.yaml").stdout
     shown = run(work, "dvc", "exp", "show", "--json").stdout
     experiments = [
         exp
@@ -128,3 +193,9 @@ def test_exp_run_with_a_reward_weight_reruns_grpo_and_what_follows(ci_repo, tmp_
     assert weights["clip"] == 0.5
     table = run(work, "dvc", "exp", "show", "--no-pager", "--csv").stdout
     assert "clip-half" in table and "rewards.weights.clip" in table
+    # The README's commands: narrow Markdown tables instead of 300-column ones.
+    shown = run(work, "dvc", "exp", "show", "--only-changed", "--md", "--no-pager").stdout
+    assert "rewards.weights.clip" in shown and "|" in shown
+    assert "rewards.weights.answer" not in shown  # unchanged: left out
+    diff = run(work, "dvc", "metrics", "diff", "--md").stdout
+    assert diff.lstrip().startswith("|") and "metrics/grpo.json" in diff

@@ -218,3 +218,21 @@ def test_empty_lines_score_zero_unasked_and_failed_outputs_are_not_scored(http_m
         .startswith("no frames")
     )
     assert judge.listwise(blind, METRICS["cn"], outputs(base="Hi.")).scores == {"base": 10.0}
+
+
+@pytest.mark.parametrize("source", ["keep", None, "an unknown film"])
+def test_the_judge_sees_the_character_sheets_the_policy_was_prompted_with(sample, source):
+    """One lookup for both: with the sample's film, without one (the sheets are then
+    found in whichever film has the name, for the policy as for the judge), or with a
+    film the book does not know (both see the same "no profile" note)."""
+    from ebmrl.train.prompting import build_prompt
+
+    book = profile_book()
+    if source != "keep":
+        sample = sample.model_copy(update={"source": source})
+    policy_text = build_prompt(sample, book)[1]["content"][1]["text"]
+    context = JudgeContext.from_sample(sample, book, FRAMES)
+    assert context.assistant_profile in policy_text and context.user_profile in policy_text
+    if source != "an unknown film":
+        assert "no profile on record" not in context.assistant_profile
+        assert book.get(sample.assistant).describe() == context.assistant_profile

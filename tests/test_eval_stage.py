@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import RuleJudge, ScriptedSystem
+from conftest import RuleJudge, ScriptedSystem, run_stats
 from test_eval_report import ink, no_external_resources, screenshot
 
 from ebmrl.cli import main
@@ -98,7 +98,7 @@ def samples_of(root):
     return load_split(root / "dataset", "test")
 
 
-def test_evaluate_end_to_end_with_a_judge_over_http(workspace, http_model):
+def test_evaluate_end_to_end_with_a_judge_over_http(workspace, http_model, capsys):
     root, params_path, _ = workspace
     assert main(["--params", str(params_path), "videoqa", "--no-tracking"]) == 0
     nextqa = json.loads((root / "metrics" / "videoqa" / "nextqa.json").read_text())
@@ -139,9 +139,24 @@ def test_evaluate_end_to_end_with_a_judge_over_http(workspace, http_model):
         "not_scored": 1,
         "position_flips": 0,
         "win_rate": 1.0,
+        "net_win_rate": 1.0,
+        "decisive_win_rate": 1.0,
+        "p_value": 0.25,  # 3 wins of 3: P(3 or 0 of 3) = 2 / 8
+        "first_order_only": 0,
+        "first_order_only_win": 0,
+        "first_order_only_tie": 0,
+        "first_order_only_loss": 0,
+        "confidence_high": 0,
+        "confidence_medium": 0,
+        "confidence_low": 0,
     }
     # 3 samples x 3 metrics, one request each (the empty base lines are never sent).
-    assert len(judge_model.requests) == 9 == metrics["judge"]["requests"]
+    assert (
+        len(judge_model.requests)
+        == 9
+        == run_stats(capsys.readouterr().out, "evaluate")["judge"]["requests"]
+    )
+    assert "judge" not in metrics  # request counts are run statistics: the log, MLflow
     assert sorted(r["frames"] for r in judge_model.requests) == [0] * 3 + [8] * 6
 
     results = json.loads((root / "reports" / "eval" / "results.json").read_text())
@@ -175,17 +190,24 @@ def test_evaluate_end_to_end_with_a_judge_over_http(workspace, http_model):
     data = json.loads(shown.stdout)
     assert data[""]["data"]["metrics/eval.json"]["data"]["systems"]["grpo"]["judge"]["veg"] == 70.0
 
-    # A rerun asks the judge nothing and regenerates nothing.
+    # A rerun asks the judge nothing and regenerates nothing; every output keeps its bytes.
+    written = {
+        path: path.read_bytes()
+        for path in [root / "metrics" / "eval.json", root / "metrics" / "eval_plot.json"]
+        + sorted((root / "reports" / "eval").iterdir())
+    }
+    capsys.readouterr()
     assert main([*args, "--judge-model", "rule-judge"]) == 0
     assert len(judge_model.requests) == 9
-    again = json.loads((root / "reports" / "eval" / "results.json").read_text())
+    again = run_stats(capsys.readouterr().out, "evaluate")
     assert again["generation"]["base"]["completed"] == 0
     assert again["generation"]["base"]["cache_hits"] == 3
-    assert json.loads((root / "metrics" / "eval.json").read_text())["systems"] == metrics["systems"]
+    assert again["judge"]["cache_hits"] == 9 and again["judge"]["requests"] == 0
+    assert {path: path.read_bytes() for path in written} == written
 
 
 def test_demo_judge_is_the_tiny_vlm_behind_ebmrl_serve_and_never_invents_scores(
-    workspace, monkeypatch
+    workspace, monkeypatch, capsys
 ):
     """The default demo path: the stage serves the tiny random VLM over HTTP as the judge.
     Its replies are not JSON, so every judgement is honestly "not scored"; the automatic
@@ -211,8 +233,9 @@ def test_demo_judge_is_the_tiny_vlm_behind_ebmrl_serve_and_never_invents_scores(
     judged = metrics["systems"]["grpo"]["judge"]
     assert "veg" not in judged and "cn" not in judged
     assert (judged["veg_scored"], judged["veg_not_scored"]) == (0, 2)
-    assert metrics["judge"]["requests"] == 2 * 2 * 2  # samples x metrics x attempts
-    assert metrics["judge"]["failed"] == 4
+    stats = run_stats(capsys.readouterr().out, "evaluate")["judge"]
+    assert stats["requests"] == 2 * 2 * 2  # samples x metrics x attempts
+    assert stats["failed"] == 4
     results = json.loads((root / "reports" / "eval" / "results.json").read_text())
     reasons = {
         j["not_scored"] for s in results["samples"] for j in s["systems"]["grpo"]["judge"].values()
@@ -231,4 +254,5 @@ def test_demo_judge_is_the_tiny_vlm_behind_ebmrl_serve_and_never_invents_scores(
     logged = run.data.metrics
     assert logged["systems/grpo/auto/format_ok"] == 1.0
     assert logged["systems/grpo/judge/veg_not_scored"] == 2.0
+    assert logged["run/judge/requests"] == 8.0
     assert run.data.tags["ebmrl.stage"] == "evaluate"

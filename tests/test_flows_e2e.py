@@ -1,7 +1,9 @@
 """The orchestrated product end to end, on real servers bound to 127.0.0.1: the S3 server
 (SeaweedFS, with credentials), the MLflow server (SQLite, artifacts on S3), the Prefect
-server and one process worker per work pool (cpu, gpu), all started by
-``flows.services`` (what ``make services-up`` runs) and stopped by PID.
+server and one process worker per work pool (cpu, gpu), all started by the README's
+``make services-up``, verbatim and with its defaults (the run folder ``.services``
+relative to the checkout), in a fresh clone, and stopped by ``make services-down``
+(then by PID, whatever is left, which the test counts as a failure).
 
 One pipeline run on the CI profile (raw videos on S3), deployed from prefect.yaml,
 carries most checks: it completes although sft fails transiently once (injected through the environment of
@@ -114,6 +116,22 @@ def upload_demo_videos(s3_url: str, demo: dict) -> None:
     client.upload_file(str(demo["samples"]), "ebmrl-videos", "demo/samples.json")
 
 
+def make(repo: Path, target: str, env: dict) -> subprocess.CompletedProcess:
+    """``make <target>`` in a fresh clone, as the README says it (no install: the clone
+    uses this environment, its build files dated before the install stamp)."""
+    for name in ("pyproject.toml", "constraints.txt"):
+        os.utime(repo / name, (0, 0))
+    if not (repo / ".venv").exists():
+        (repo / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    result = subprocess.run(
+        ["make", target], cwd=repo, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, (
+        f"make {target}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, demo_data):
     """The servers, a deployed CI-profile copy, and one finished pipeline run."""
@@ -131,19 +149,24 @@ def stack(tmp_path_factory, demo_data):
         "EBMRL_FAULT_ONCE": f"sft:{fault_marker}",
     }
     saved = {key: os.environ.get(key) for key in test_env}
-    os.environ.update(test_env)
     started: dict = {}
     prefect = None
+    repo = copy_working_tree(root / "repo", profile="ci")
+    run_dir = repo / ".services"  # the default SERVICES_DIR, relative to the clone
+    make_env = {**os.environ, **test_env}
     try:
         began = time.perf_counter()
-        started = services.up(root / "services", ui=False)
-        os.environ.pop("EBMRL_FAULT_ONCE")  # only the workers get it
-        print(f"\nservices up in {time.perf_counter() - began:.0f}s")
+        make(repo, "services-up", make_env)
+        started = services.read_state(run_dir)
+        assert set(started) == {"s3", "mlflow", "prefect", "worker-cpu", "worker-gpu"}
+        assert all(service.alive() for service in started.values())
+        print(f"\nmake services-up in {time.perf_counter() - began:.0f}s")
+        test_env.pop("EBMRL_FAULT_ONCE")  # only the workers get it
+        os.environ.update(test_env)
         client_env = services.client_env(started)
         api_url = started["prefect"].url
-        prefect_env = {**client_env, **services.prefect_env(root / "services", api_url)}
+        prefect_env = {**client_env, **services.prefect_env(run_dir, api_url)}
 
-        repo = copy_working_tree(root / "repo", profile="ci")
         use_s3_remote(repo, started["s3"].url, "e2e")
         # Raw videos are read from S3 by the stages (credentials: the workers' environment).
         # The session's demo clips are the CI profile's (6 clips, 3 sessions, seed 0).
@@ -176,13 +199,22 @@ def stack(tmp_path_factory, demo_data):
     finally:
         if prefect is not None:
             prefect.close()
+        started = started or services.read_state(run_dir)  # make services-up cut short
+        left = []
+        if started:
+            down = subprocess.run(
+                ["make", "services-down"], cwd=repo, env=make_env, capture_output=True, text=True
+            )
+            print(down.stdout[-500:], down.stderr[-500:])
+            left = [name for name, service in started.items() if service.alive()]
         for service in reversed(list(started.values())):
-            services.stop(service)
+            services.stop(service)  # by PID, whatever make services-down left running
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    assert not left, f"make services-down left {left} running"
 
 
 @pytest.mark.timeout(2400)

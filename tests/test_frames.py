@@ -3,6 +3,7 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import DEMO_SAMPLING
 
 from ebmrl import video
 from ebmrl.data import frames
@@ -14,17 +15,16 @@ from ebmrl.frame_store import (
     ShardWriter,
 )
 
-SCHEDULE = ((5.0, 4), (15.0, 8), (None, 8))
+SCHEDULE = DEMO_SAMPLING.clip_schedule()
 
 
-def build(tasks, out, embedder, workers=0, shard_mb=64.0, schedule=SCHEDULE, clip="tiny-clip"):
+def build(tasks, out, embedder, workers=0, shard_mb=64.0, sampling=DEMO_SAMPLING, clip="tiny-clip"):
     return frames.build_store(
         tasks,
         out,
         embedder=embedder,
-        settings={"schedule": [list(s) for s in schedule], "clip": clip},
-        schedule=schedule,
-        max_pixels=100_352,
+        settings={"video": sampling.model_dump(mode="json"), "clip": clip},
+        sampling=sampling,
         workers=workers,
         shard_size_bytes=int(shard_mb * (1 << 20)),
     )
@@ -42,22 +42,30 @@ def tasks(demo_store):
     ]
 
 
-def test_store_holds_sampled_frames_and_normalised_clip_embeddings(demo_store, embedder):
+def test_store_holds_policy_frames_and_clip_embeddings_of_clips_own_frames(demo_store, embedder):
     store = ShardedFrameStore.open(demo_store["frames"])
     assert isinstance(store, FrameStore)
     clips = {c.clip_id: c for c in demo_store["clips"]}
     assert store.clip_ids() == sorted(clips)
     for clip_id, clip in clips.items():
+        info = video.probe(clip.uri)
+        full = video.sample_frames(clip.uri, count=info.num_frames)[0]  # every frame
+        # The policy's frames: qwen-vl-utils' count and size, resized as it resizes.
         stored = store.frames(clip_id)
-        expected, indices, info = video.sample_frames(clip.uri, schedule=SCHEDULE)
-        assert stored.dtype == np.uint8 and np.array_equal(stored, expected)  # lossless
-        assert len(stored) == video.frames_for_duration(info.duration_s, SCHEDULE)
-        assert store.frame_indices(clip_id) == indices
+        indices = store.frame_indices(clip_id)
+        height, width = video.policy_frame_size(
+            info.height, info.width, min_pixels=3136, max_pixels=100_352
+        )
+        assert stored.shape == (len(indices), height, width, 3) and stored.dtype == np.uint8
+        assert np.array_equal(stored, video.resize_frames(full[indices], height, width))
         assert store.timestamps(clip_id) == pytest.approx([i / info.fps for i in indices])
+        # CLIP's frames: the authors' indices, full size through CLIP's preprocessing.
+        clip_indices = store.clip_frame_indices(clip_id)
+        assert clip_indices == video.clip_frame_indices(info.num_frames, info.fps, SCHEDULE)
         emb = store.embeddings(clip_id)
-        assert emb.dtype == np.float32 and emb.shape[0] == len(stored)
+        assert emb.dtype == np.float32 and emb.shape[0] == len(clip_indices)
         assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-        assert np.allclose(emb, embedder(stored), atol=1e-5)  # what CLIP gives directly
+        assert np.allclose(emb, embedder(full[clip_indices]), atol=1e-5)
     with pytest.raises(MissingClipError, match="nope"):
         store.frames("nope")
     with pytest.raises(MissingClipError, match="frame embeddings"):
@@ -113,17 +121,11 @@ def test_writer_checks_shapes(tmp_path):
     writer = ShardWriter(tmp_path, {"x": 1})
     with pytest.raises(ValueError, match="2 embeddings for 3 frames"):
         writer.add("c", np.zeros((3, 4, 4, 3), np.uint8), np.ones((2, 8)), {})
-
-
-@pytest.mark.parametrize(
-    ("size", "budget", "expected"),
-    [((96, 72), 100_352, None), ((1920, 1080), 100_352, (422, 236)), ((640, 480), 640 * 480, None)],
-)
-def test_fit_size(size, budget, expected):
-    fitted = frames.fit_size(*size, budget)
-    assert fitted == expected
-    if fitted:
-        assert fitted[0] * fitted[1] <= budget and fitted[0] % 2 == 0 == fitted[1] % 2
+    with pytest.raises(ValueError, match="2 embeddings for 3 CLIP frames"):
+        writer.add(
+            "c", np.zeros((5, 4, 4, 3), np.uint8), np.ones((2, 8)), {"clip_indices": [0, 1, 2]}
+        )
+    writer.add("c", np.zeros((5, 4, 4, 3), np.uint8), np.ones((3, 8)), {"clip_indices": [0, 1, 2]})
 
 
 def test_frames_stage_with_real_h264_clip_is_resized(tmp_path, embedder):
@@ -132,15 +134,15 @@ def test_frames_stage_with_real_h264_clip_is_resized(tmp_path, embedder):
     path = real_clip("bikes.mp4")
     info = video.probe(path)
     task = frames.FrameTask("bikes", str(path), None, info.width, info.height)
-    frames.build_store(
-        [task],
-        tmp_path,
-        embedder=embedder,
-        settings={},
-        schedule=SCHEDULE,
-        max_pixels=64 * 48,
-        workers=0,
+    sampling = DEMO_SAMPLING.model_copy(update={"max_pixels_per_frame": 112 * 84, "max_frames": 16})
+    frames.build_store([task], tmp_path, embedder=embedder, settings={}, sampling=sampling)
+    store = ShardedFrameStore.open(tmp_path)
+    stored = store.frames("bikes")
+    # qwen-vl-utils' size (sides multiples of 28 within the budget) and count (2 fps).
+    height, width = stored.shape[1:3]
+    assert height % 28 == width % 28 == 0 and height * width <= 112 * 84
+    expected = min(16, max(4, info.num_frames / info.fps * 2.0)) // 2 * 2
+    assert stored.shape[0] == expected
+    assert len(store.embeddings("bikes")) == len(
+        video.clip_frame_indices(info.num_frames, info.fps, SCHEDULE)
     )
-    stored = ShardedFrameStore.open(tmp_path).frames("bikes")
-    assert stored.shape[1] * stored.shape[2] <= 64 * 48
-    assert stored.shape[0] == video.frames_for_duration(info.duration_s, SCHEDULE)

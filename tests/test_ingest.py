@@ -123,8 +123,9 @@ def test_stage_writes_manifest_and_strict_fails(zoo_source, tmp_path, capsys):
     assert len({r["sha256"] for r in rows if r["sha256"]}) == sum(1 for r in rows if r["sha256"])
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["counts"]["quarantined"] == len(zoo) and report["counts"]["duplicates"] == 1
+    # Bad input (exit 2, the error contract of every stage), named; the work done is kept.
     assert (
-        cli.main(["--params", str(params), "ingest", "--strict", "--out", str(tmp_path / "s")]) == 1
+        cli.main(["--params", str(params), "ingest", "--strict", "--out", str(tmp_path / "s")]) == 2
     )
     assert "--strict" in capsys.readouterr().err
     assert (tmp_path / "s" / "manifest.parquet").is_file()  # the work done is kept

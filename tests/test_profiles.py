@@ -44,8 +44,11 @@ def test_paper_profile_is_the_papers_recipe(params_copy):
         40,
     )
     assert (p.models.dtype, p.models.device) == ("bfloat16", "cuda")
-    assert p.rewards.pcg.leak_filter.enabled
+    # The released training script uses no leak filter (their variant: MiniLM, 0.4).
+    assert not p.rewards.pcg.leak_filter.enabled
     assert p.rewards.pcg.leak_filter.model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert p.rewards.pcg.leak_filter.threshold == 0.4
+    assert p.tags == ("vision", "think", "answer")
     # CoT-SFT: lr 3e-6, warmup 10 %, effective batch 8 (on one GPU), 4 epochs.
     assert (p.sft.learning_rate, p.sft.warmup_ratio, p.sft.epochs) == (3e-6, 0.1, 4)
     assert p.sft.per_device_batch_size * p.sft.gradient_accumulation_steps == 8
@@ -54,9 +57,11 @@ def test_paper_profile_is_the_papers_recipe(params_copy):
     assert (g.group_size, g.temperature, g.top_p) == (8, 1.0, 0.95)
     assert (g.learning_rate, g.lr_scheduler, g.beta) == (5e-7, "cosine", 0.04)
     assert (g.max_completion_length, g.epochs, g.max_steps) == (1024, 1, -1)
-    # Frames: at most 16 per clip, about 100k pixels each.
-    assert max(step.frames for step in p.video.frame_schedule) == 16
+    # Policy frames: about 2 fps, 4 to 16 per clip, about 100k pixels each.
+    assert (p.video.fps, p.video.min_frames, p.video.max_frames) == (2.0, 4, 16)
     assert 90_000 <= p.video.max_pixels_per_frame <= 110_000
+    # CLIP frames: 4 / 8 / 16 / 32 by duration.
+    assert p.video.clip_schedule() == ((5, 4), (15, 8), (60, 16), (None, 32))
 
 
 def test_applying_keeps_comments_order_and_is_idempotent(params_copy):
@@ -130,6 +135,7 @@ def test_paper_profile_reaches_the_same_code_as_the_demo(params_copy):
 def test_every_params_key_is_read_by_some_stage():
     """A key no stage lists in dvc.yaml would change nothing when a profile sets it."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    # (check_params depends on the whole file to validate it; it computes nothing.)
     listed = {key for stage in stages.values() for key in stage.get("params", [])}
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     # Where logs go is deliberately not a dependency: it must not rerun a stage.
@@ -159,3 +165,54 @@ def test_no_yaml_aliases_since_dvc_exp_run_set_param_breaks_them(path):
     events = yaml.parse(path.read_text())
     aliases = [e for e in events if isinstance(e, yaml.AliasEvent)]
     assert not aliases, f"{path.name}: YAML alias(es) {[a.anchor for a in aliases]}"
+
+
+def changed_lines(before: str, after: str) -> list[str]:
+    import difflib
+
+    return [
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+
+
+@pytest.mark.parametrize("profile", [None, *(p.stem for p in PROFILES)])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "rewards.weights.clip=0.5",  # a nested number
+        "grpo.lora.target_modules=[q_proj,k_proj]",  # a list: only its changed item
+        "evaluate.systems.0.model=models/other",  # an item of a list of mappings
+        "sft.max_length=512",  # a null
+    ],
+)
+def test_dvc_exp_run_set_param_changes_one_line(params_copy, profile, override):
+    """params.yaml (and what `ebmrl use-profile` writes into it) is in the layout DVC
+    writes back: `dvc exp run -S key=value` (DVC's own writer, as the CLI calls it)
+    changes one line, not the whole file (tests/test_dag.py runs the real command)."""
+    from dvc.utils.hydra import apply_overrides
+
+    if profile:
+        apply_profile(params_copy, profile)
+    before = params_copy.read_text()
+    apply_overrides(str(params_copy), [override])
+    changed = changed_lines(before, params_copy.read_text())
+    assert len(changed) == 2, "\n".join(changed)  # one line out, one line in
+    assert load(params_copy)  # still valid
+
+
+def test_a_flow_list_in_a_profile_is_written_in_the_block_layout(params_copy):
+    """`records: [s3://...]` over params.yaml's block list (the e2e test's S3 source): a
+    valid file in DVC's layout, the key's comment kept, nothing else moved."""
+    overlay = params_copy.parent / "s3.yaml"
+    overlay.write_text(
+        "ingest:\n  source: s3://bucket/videos\n  records: [s3://bucket/samples.json]\n"
+    )
+    before = params_copy.read_text()
+    assert apply_profile(params_copy, overlay) == ["ingest.source", "ingest.records"]
+    after = params_copy.read_text()
+    assert load(params_copy).ingest.records == ["s3://bucket/samples.json"]
+    assert "  - s3://bucket/samples.json\n" in after and "[s3://" not in after
+    assert "records:                             # released-format files" in after
+    assert len(changed_lines(before, after)) == 4  # source and the one record: out, in

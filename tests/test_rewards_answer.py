@@ -3,6 +3,8 @@
 import math
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from ebmrl import config
 from ebmrl.rewards import loading
@@ -92,3 +94,47 @@ def test_scorer_from_params(tiny_models):
     scorer = loading.answer_scorer(params)
     assert scorer.num_layers == 1 and scorer.batch_size == 7
     assert AnswerReward(scorer).score([wrap(REF)], [REF]).values[0] == pytest.approx(1.0, abs=1e-5)
+
+
+class RecordingF1:
+    """Records the candidates it is sent; F1 = 1 for every pair (no model needed)."""
+
+    def __init__(self):
+        self.cands = []
+
+    def score(self, cands, refs, batch_size=64):
+        import torch
+
+        self.cands.extend(cands)
+        ones = torch.ones(len(cands))
+        return ones, ones, ones
+
+
+def authors_answer(text):
+    """The authors' extract_answer: re.search(r"<answer>(.*?)</answer>", DOTALL), stripped."""
+    import re
+
+    match = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    return match.group(1).strip() if match else ""
+
+
+ANSWER_PIECES = ["<answer>", "</answer>", "<think>", "</think>", "<", ">", "Run", " ", "\n"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(ANSWER_PIECES), max_size=20).map("".join))
+@example("<answer> first <answer> second </answer> third </answer>")
+def test_answer_text_is_the_authors_first_block(text):
+    recorder = RecordingF1()
+    batch = AnswerReward(recorder).score([text], [REF])
+    expected = authors_answer(text)
+    assert recorder.cands == ([expected] if expected else [])
+    assert batch.values == [1.0 if expected else 0.0]
+
+
+def test_only_free_form_rows_are_scored():
+    recorder = RecordingF1()
+    batch = AnswerReward(recorder).score(
+        [wrap("Run!")] * 3, [REF] * 3, ["free-form", "multiple-choice", None]
+    )
+    assert batch.values == [1.0, 0.0, 1.0] and recorder.cands == ["Run!", "Run!"]

@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ebmrl import video
 from ebmrl.frame_store import MemoryFrameStore, MissingClipError
@@ -43,7 +45,8 @@ FIVE_FRAMES = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -
         # sentence [1,0]: cosines [1, r, 0, -1, 0]; sentence [0,1]: [0, r, 1, 0, -1], r = sqrt(.5)
         (0.2, 1.0),  # k = 1: top-1 of each is 1
         (0.4, (1 + R2) / 2),  # k = 2: (1 + r) / 2 for each
-        (0.5, (1 + R2 + 0) / 3),  # k = ceil(2.5) = 3: (1 + r + 0) / 3 for each
+        (0.5, (1 + R2) / 2),  # k = floor(2.5) = 2: (1 + r) / 2 for each
+        (0.6, (1 + R2 + 0) / 3),  # k = floor(3.0) = 3: (1 + r + 0) / 3 for each
         (1.0, (1 + R2 + 0 - 1 + 0) / 5),  # k = 5: plain mean
     ],
 )
@@ -64,17 +67,24 @@ def test_sentence_topk_averages_over_sentences():
 @pytest.mark.parametrize(
     ("frames", "frac", "k"),
     [
-        (4, 0.2, 1),
-        (8, 0.2, 2),
-        (15, 0.2, 3),
-        (16, 0.2, 4),
-        (32, 0.2, 7),
+        # max(1, floor(frac * T)), by hand: the authors' max(1, int(T * 0.2)).
+        (1, 0.2, 1),  # 0.2 -> 0 -> at least 1
+        (4, 0.2, 1),  # 0.8 -> 0 -> 1
+        (5, 0.2, 1),
+        (8, 0.2, 1),  # 1.6 -> 1
+        (9, 0.2, 1),
+        (10, 0.2, 2),
+        (15, 0.2, 3),  # 3.0000000000000004 -> 3
+        (16, 0.2, 3),  # 3.2 -> 3
+        (32, 0.2, 6),  # 6.4 -> 6
+        (35, 0.2, 7),  # 7.000000000000001 -> 7
         (10, 1.0, 10),
-        (1, 0.2, 1),
+        (3, 0.5, 1),
     ],
 )
-def test_topk_count_is_the_ceiling(frames, frac, k):
+def test_topk_count_is_the_floor(frames, frac, k):
     assert topk_count(frames, frac) == k
+    assert topk_count(frames, frac) == max(1, int(frames * frac))
 
 
 def test_no_sentences_score_zero_and_no_frames_is_an_error():
@@ -137,8 +147,8 @@ def test_clip_reward_max_hand_computed(axis_store):
 
 def test_clip_reward_sent_topk_hand_computed(axis_store):
     encoder = WordAxisEncoder()
-    reward = ClipReward(encoder, axis_store, mode="sent_topk", topk_fraction=0.5)
-    # k = ceil(0.5 * 3) = 2. "Red." -> cos [1, 0, r]: top-2 (1 + r)/2.
+    reward = ClipReward(encoder, axis_store, mode="sent_topk", topk_fraction=0.7)
+    # k = floor(0.7 * 3) = 2. "Red." -> cos [1, 0, r]: top-2 (1 + r)/2.
     # "Blue!" -> [0, 1, 0]: top-2 0.5. "Fire" (no punctuation: one sentence) -> [0, 0, r]: r/2.
     batch = reward.score(
         ["<perception>Red. Blue!</perception>", "<perception>Fire</perception>"], ["clip"] * 2
@@ -207,6 +217,22 @@ def test_truncation_at_the_context_length_is_exact(encoder):
     assert encoder.encode_texts(texts).truncated == [False, True, False, True]
 
 
+def test_no_character_cut_before_the_77_tokens(encoder):
+    import torch
+
+    # Long one-token words: the 75 words CLIP reads span about 975 characters, more than
+    # any characters-per-token bound would keep (the old 8 x 77 = 616 would cut here).
+    words = ["photography", "international", "understanding", "conversation", "electricity"]
+    text = " ".join(words * 20)
+    tokens = encoder.tokenizer([text], context_length=encoder.context_length)
+    assert int((tokens[0] != 0).sum()) == 77 and len(text) > 1200
+    got = encoder.encode_texts([text])
+    with torch.no_grad():
+        direct = encoder.model.encode_text(tokens).numpy()[0]
+    assert got.truncated == [True]
+    assert got.vectors[0] == pytest.approx(direct / np.linalg.norm(direct), abs=1e-5)
+
+
 def test_real_encoder_reward_matches_direct_similarity(encoder, clip_store):
     clip_id = clip_store.clip_ids()[0]
     counting = CountingEncoder(encoder)
@@ -254,6 +280,60 @@ def test_encoded_frames_are_normalised(encoder, clip_store):
 )
 def test_split_sentences(text, sentences):
     assert split_sentences(text) == sentences
+    assert split_sentences(text, rule="ebmrl") == sentences
+
+
+def authors_sentences(text):
+    """The released SentTopK server's rule, written with re exactly as they define it."""
+    import re
+
+    pieces = [s.strip() for s in re.split(r"[.!?。！？\n]", text)]
+    return [s for s in pieces if len(s) > 5 and not re.match(r"^\d+\.?$", s)]
+
+
+@pytest.mark.parametrize(
+    ("text", "sentences"),
+    [
+        ("Two figures walk. Fire! Run?  Now", ["Two figures walk"]),  # short ones dropped
+        ("It costs 3.5 coins.", ["It costs 3", "5 coins"]),  # every '.' splits
+        ("A dim street\nwith fire on the ground", ["A dim street", "with fire on the ground"]),
+        ("火が見える大きな火。逃げろ逃げろ逃げろ！", ["火が見える大きな火", "逃げろ逃げろ逃げろ"]),
+        ("123456. 1234567", []),  # bare numbers dropped
+        ("Fire!", []),  # the caller scores the whole text as one sentence
+    ],
+)
+def test_authors_sentence_rule_hand_computed(text, sentences):
+    assert split_sentences(text, rule="authors") == sentences == authors_sentences(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab1 .!?\n。！？\t", max_size=80))
+def test_authors_sentence_rule_is_their_definition(text):
+    assert split_sentences(text, rule="authors") == authors_sentences(text)
+
+
+def test_unknown_sentence_rule_is_an_error(axis_store):
+    with pytest.raises(ValueError, match="unknown sentence rule 'nltk'"):
+        split_sentences("x", rule="nltk")
+    with pytest.raises(ValueError, match="unknown sentence rule"):
+        ClipReward(WordAxisEncoder(), axis_store, mode="sent_topk", sentence_rule="nltk")
+
+
+def test_sent_topk_with_the_authors_rule(axis_store):
+    encoder = WordAxisEncoder()
+    reward = ClipReward(encoder, axis_store, mode="sent_topk", sentence_rule="authors")
+    # "Red." and "Blue!" are too short for the authors' rule: the whole text is one sentence.
+    batch = reward.score(["<perception> Red. Blue! </perception>"], ["clip"])
+    assert encoder.calls == [["Red. Blue!"]]
+    assert batch.values[0] != 0.0
+
+
+def test_clip_text_is_the_first_block_of_the_tag_in_use(axis_store):
+    encoder = WordAxisEncoder()
+    reward = ClipReward(encoder, axis_store, perception_tag="vision")
+    text = "<vision> red <vision>blue</vision></vision><perception>fire</perception>"
+    reward.score([text, "<perception>red</perception>"], ["clip"] * 2)
+    assert encoder.calls == [["red <vision>blue"]]  # first opener to first closer, stripped
 
 
 def test_split_sentences_is_linear_on_long_whitespace_runs():

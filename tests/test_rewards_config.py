@@ -18,7 +18,8 @@ def test_shipped_rewards_section_is_valid_and_the_default():
     assert rewards.answer.batch_size == 64
     assert rewards.clip.max_sentences == 16
     assert (rewards.pcg.batch_size, rewards.pcg.max_block_chars) == (16, 8192)
-    assert (rewards.pcg.max_prefix_tokens, rewards.pcg.max_target_tokens) == (2048, 256)
+    assert rewards.pcg.max_sequence_tokens == 16_384
+    assert rewards.clip.sentence_rule == "ebmrl"
     assert rewards.pcg.leak_filter.model == "models/tiny/text_encoder"
 
 
@@ -27,8 +28,8 @@ BAD = [
     ("clip", {"max_sentences": 0}, "rewards.clip.max_sentences"),
     ("pcg", {"batch_size": -1}, "rewards.pcg.batch_size"),
     ("pcg", {"max_block_chars": 0}, "rewards.pcg.max_block_chars"),
-    ("pcg", {"max_prefix_tokens": 8}, "rewards.pcg.max_prefix_tokens"),
-    ("pcg", {"max_target_tokens": 0}, "rewards.pcg.max_target_tokens"),
+    ("pcg", {"max_sequence_tokens": 0}, "rewards.pcg.max_sequence_tokens"),
+    ("clip", {"sentence_rule": "nltk"}, "rewards.clip.sentence_rule"),
     ("pcg", {"leak_filter": {"model": ""}}, "rewards.pcg.leak_filter.model"),
     (
         "pcg",

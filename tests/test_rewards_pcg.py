@@ -5,6 +5,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from ebmrl import video
 from ebmrl.frame_store import MemoryFrameStore, MissingClipError
@@ -12,13 +14,15 @@ from ebmrl.models import load_vlm
 from ebmrl.models.vlm import video_messages
 from ebmrl.rewards.embed import HFSentenceEmbedder
 from ebmrl.rewards.leak import LeakFilter
-from ebmrl.rewards.likelihood import VideoLikelihoodScorer, clean_conversation, middle_cut
+from ebmrl.rewards.likelihood import VideoLikelihoodScorer, clean_conversation
 from ebmrl.rewards.pcg import (
     BASELINE_PREFIX,
     LikelihoodQuery,
     PerceptualCognitiveReward,
+    trace_block,
     trace_prefix,
 )
+from ebmrl.tags import AUTHORS_TAGS, DEFAULT_TAGS
 
 REF = "get back now"
 
@@ -54,6 +58,11 @@ def completion(perception, think, answer="a"):
     return f"<perception>{perception}</perception><think>{think}</think><answer>{answer}</answer>"
 
 
+def prefix(perception, think):
+    """What the authors condition on: the two blocks joined by a newline, then a newline."""
+    return f"<perception>{perception}</perception>\n<think>{think}</think>\n"
+
+
 def score(reward, completions, prompt_id="p0", reference=REF, clip_id="c0"):
     n = len(completions)
     return reward.score(
@@ -69,29 +78,76 @@ def test_gain_over_the_baseline_hand_computed():
         completion("figures run back", "now"),  # 2 of 3 -> 2/3
         completion("a street", "calm"),  # 0 of 3 -> 0
         completion("get back now", "yes"),  # 3 of 3 -> 1
-        "<think>no perception</think><answer>get back now</answer>",  # missing -> 0
-        completion("fire", "   "),  # empty think -> 0
+        "<think>no perception</think><answer>get back now</answer>",  # no trace -> 0
+        completion("fire", "   "),  # an empty think is a trace: 0 of 3 -> 0
+        "<perception>get</perception><b><think>back now</think>",  # a '<' in the gap -> 0
     ]
     batch = score(reward, completions)
-    assert batch.values == pytest.approx([2 / 3, 2 / 3, 0.0, 1.0, 0.0, 0.0])
-    # One scorer call: the baseline once, then the four scorable traces.
+    assert batch.values == pytest.approx([2 / 3, 2 / 3, 0.0, 1.0, 0.0, 0.0, 0.0])
+    # One scorer call: the baseline once, then the five traces.
     assert len(scorer.calls) == 1
     queries = scorer.calls[0]
     assert [q.prefix for q in queries] == [
         BASELINE_PREFIX,
-        trace_prefix("fire", "we should get back"),
-        trace_prefix("figures run back", "now"),
-        trace_prefix("a street", "calm"),
-        trace_prefix("get back now", "yes"),
+        prefix("fire", "we should get back"),
+        prefix("figures run back", "now"),
+        prefix("a street", "calm"),
+        prefix("get back now", "yes"),
+        prefix("fire", "   "),
     ]
     assert {(q.prompt, q.clip_id, q.target) for q in queries} == {("prompt", "c0", REF)}
-    assert batch.metrics["rewards/pcg/missing_rate"] == pytest.approx(2 / 6)
+    assert batch.metrics["rewards/pcg/missing_rate"] == pytest.approx(2 / 7)
     assert batch.metrics["rewards/pcg/baseline_queries"] == 1.0
     assert "rewards/pcg/leak_removal_rate" not in batch.metrics  # no filter configured
 
 
-def test_trace_prefix_layout():
-    assert trace_prefix("P", "T") == "<perception>P</perception>\n<think>T</think>\n<answer>"
+def test_trace_layout_is_the_authors():
+    text = "Sure.<perception> P </perception> ok <think>T</think>\n<answer>A</answer>"
+    assert trace_block(text) == "<perception> P </perception>\n<think>T</think>"
+    assert trace_prefix(trace_block(text)) == "<perception> P </perception>\n<think>T</think>\n"
+    assert BASELINE_PREFIX == ""  # the baseline is the bare prompt, then the reference
+    vision = "<vision>v</vision><think></think>"
+    assert trace_block(vision, AUTHORS_TAGS) == "<vision>v</vision>\n<think></think>"
+    assert trace_block(vision, DEFAULT_TAGS) is None
+
+
+def authors_trace(text, tags):
+    """Their VT_COMBINED_RE search, written with re exactly as they define it."""
+    p, t = tags[0], tags[1]
+    match = re.search(rf"(<{p}>.*?</{p}>)[^<]*(<{t}>.*?</{t}>)", text, re.DOTALL)
+    return match.group(1) + "\n" + match.group(2) if match else None
+
+
+TRACE_PIECES = ["<vision>", "</vision>", "<perception>", "</perception>", "<think>", "</think>"]
+trace_text = st.lists(
+    st.sampled_from([*TRACE_PIECES, "<answer>", "<", ">", "x", " ", "\n"]), max_size=24
+).map("".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(trace_text, st.sampled_from([AUTHORS_TAGS, DEFAULT_TAGS]))
+@example("<vision>a</vision>x</vision><think>b</think>", AUTHORS_TAGS)
+@example("<vision>a</vision><b></vision> <think>b</think>", AUTHORS_TAGS)
+@example("<vision><vision>a</vision><think></think></think>", AUTHORS_TAGS)
+def test_trace_block_is_the_authors_regex_search(text, tags):
+    assert trace_block(text, tags) == authors_trace(text, tags)
+
+
+def test_trace_block_is_linear():
+    import time
+
+    text = "<vision>x</vision>y" * 40_000 + "<think>" * 40_000
+    started = time.perf_counter()
+    assert trace_block(text, AUTHORS_TAGS) is None
+    assert time.perf_counter() - started < 1.0
+
+
+def test_reward_conditions_on_the_trace_block_verbatim():
+    scorer = WordRecallScorer()
+    reward = PerceptualCognitiveReward(scorer, tags=AUTHORS_TAGS, max_block_chars=None)
+    texts = ["<vision> get\n </vision> filler <think>back</think><answer>x</answer>"]
+    score(reward, texts)
+    assert scorer.calls[0][1].prefix == trace_block(texts[0], AUTHORS_TAGS) + "\n"
 
 
 def test_baseline_is_cached_per_prompt_id_across_calls():
@@ -100,6 +156,7 @@ def test_baseline_is_cached_per_prompt_id_across_calls():
     score(reward, [completion("get", "back")])
     second = score(reward, [completion("now", "x"), completion("get back now", "x")])
     assert [q.prefix == BASELINE_PREFIX for q in scorer.calls[1]] == [False, False]
+    assert all(q.prefix for q in scorer.calls[1])
     assert second.values == pytest.approx([1 / 3, 1.0])
     assert second.metrics["rewards/pcg/baseline_queries"] == 0.0
     reward.clear_baseline_cache()
@@ -150,7 +207,7 @@ def test_long_blocks_are_cut_and_reported():
     scorer = WordRecallScorer()
     reward = PerceptualCognitiveReward(scorer, max_block_chars=10)
     batch = score(reward, [completion("get back now and more", "x"), completion("get", "x")])
-    assert scorer.calls[0][1].prefix == trace_prefix("get back n", "x")
+    assert scorer.calls[0][1].prefix == prefix("get back n", "x")
     assert batch.metrics["rewards/pcg/truncation_rate"] == 0.5
 
 
@@ -169,8 +226,8 @@ def test_leak_filter_drops_copied_sentences_before_scoring():
     think = "Get back now. The fire is close."
     batch = score(reward, [completion("fire", think), completion("fire", "The fire is close.")])
     # "Get back now." has cosine 1 with the reference: dropped. "The fire is close." has 0.
-    assert scorer.calls[0][1].prefix == trace_prefix("fire", "The fire is close.")
-    assert scorer.calls[0][2].prefix == trace_prefix("fire", "The fire is close.")
+    assert scorer.calls[0][1].prefix == prefix("fire", "The fire is close.")
+    assert scorer.calls[0][2].prefix == prefix("fire", "The fire is close.")
     assert batch.values == [0.0, 0.0]  # without the copy, the trace explains nothing
     assert batch.metrics["rewards/pcg/leak_removal_rate"] == pytest.approx(1 / 3)
     unfiltered = score(PerceptualCognitiveReward(WordRecallScorer()), [completion("fire", think)])
@@ -203,29 +260,26 @@ def frame_store(demo_data):
 
 
 def direct_mean_logprob(model, processor, frames, query):
-    """The definition, one query at a time: full text through the processor and the model."""
+    """The authors' definition, one query at a time: prompt + prefix + target as one
+    string through the processor, labels masked up to the tokenized prompt + prefix, and
+    the model's own loss (mean over the target tokens), negated."""
     import torch
 
     text = processor.apply_chat_template(query.prompt, tokenize=False, add_generation_prompt=True)
+    full = processor(
+        text=[text + query.prefix + query.target],
+        videos=[frames],
+        do_sample_frames=False,
+        return_tensors="pt",
+    )
     context = processor(
         text=[text + query.prefix], videos=[frames], do_sample_frames=False, return_tensors="pt"
     )
-    target = processor.tokenizer(query.target, add_special_tokens=False)["input_ids"]
-    ids = torch.cat([context["input_ids"], torch.tensor([target])], dim=1)
-    types = torch.cat(
-        [context["mm_token_type_ids"], torch.zeros(1, len(target), dtype=torch.long)], 1
-    )
+    labels = full["input_ids"].clone()
+    labels[:, : min(context["input_ids"].shape[1], labels.shape[1] - 1)] = -100
     with torch.no_grad():
-        logits = model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            mm_token_type_ids=types,
-            pixel_values_videos=context["pixel_values_videos"],
-            video_grid_thw=context["video_grid_thw"],
-            second_per_grid_ts=context["second_per_grid_ts"],
-        ).logits
-    logp = logits[0, -len(target) - 1 : -1].log_softmax(-1)
-    return float(logp.gather(-1, torch.tensor(target)[:, None]).mean())
+        loss = model(**full, labels=labels).loss
+    return -float(loss)
 
 
 def queries_for(store):
@@ -235,10 +289,11 @@ def queries_for(store):
         LikelihoodQuery(
             video_messages("Tell me, what is happening over there?"),
             b,
-            trace_prefix("Two figures walk left.", "Calm scene."),
+            prefix("Two figures walk left.", "Calm scene."),
             "Evening, all quiet.",
         ),
-        LikelihoodQuery(video_messages("What now?"), a, trace_prefix("Fire.", "Danger!"), "Run!"),
+        LikelihoodQuery(video_messages("What now?"), a, prefix("Fire.", "Danger!"), "Run!"),
+        LikelihoodQuery(video_messages("What now?"), a, prefix("", ""), "Run, now!"),
     ]
 
 
@@ -253,16 +308,16 @@ def test_vlm_scorer_equals_the_definition_and_batching_changes_nothing(vlm, fram
         direct_mean_logprob(model, processor, frame_store.frames(q.clip_id), q) for q in queries
     ]
     assert got == pytest.approx(expected, abs=1e-5)
-    assert batched.forward_passes == 1 and one_by_one.forward_passes == 3
+    assert batched.forward_passes == 1 and one_by_one.forward_passes == 4
 
 
 def test_vlm_scorer_reads_the_video_and_the_prefix(vlm, frame_store):
     model, processor = vlm
     scorer = VideoLikelihoodScorer(model, processor, frame_store)
     a, b = frame_store.clip_ids()
-    base = LikelihoodQuery(video_messages("What now?"), a, trace_prefix("x", "y"), "Run now.")
+    base = LikelihoodQuery(video_messages("What now?"), a, prefix("x", "y"), "Run now.")
     other_clip = LikelihoodQuery(base.prompt, b, base.prefix, base.target)
-    other_prefix = LikelihoodQuery(base.prompt, a, trace_prefix("fire fire", "run"), base.target)
+    other_prefix = LikelihoodQuery(base.prompt, a, prefix("fire fire", "run"), base.target)
     s_base, s_clip, s_prefix = scorer.mean_logprob([base, other_clip, other_prefix])
     assert s_base != s_clip and s_base != s_prefix
 
@@ -297,11 +352,10 @@ def test_pcg_reward_over_the_vlm_batches_a_group(vlm, frame_store):
     batch = reward.score(completions, [prompt] * 8, [clip_id] * 8, ["Run now."] * 8, ["p0"] * 8)
     assert scorer.forward_passes == 1  # 8 traces + 1 baseline in one pass
     assert all(math.isfinite(v) for v in batch.values) and len(set(batch.values)) > 1
-    prefix = trace_prefix("Figure 3 walks.", "Thought 3.")
     baseline, trace = scorer.mean_logprob(
         [
             LikelihoodQuery(prompt, clip_id, BASELINE_PREFIX, "Run now."),
-            LikelihoodQuery(prompt, clip_id, prefix, "Run now."),
+            LikelihoodQuery(prompt, clip_id, prefix("Figure 3 walks.", "Thought 3."), "Run now."),
         ]
     )
     assert batch.values[3] == pytest.approx(trace - baseline, abs=1e-5)
@@ -314,14 +368,40 @@ def test_missing_clip_is_an_error_not_zero(vlm, frame_store):
         reward.score([completion("a", "b")], [video_messages("?")], ["nope"], ["Run."], ["p0"])
 
 
-def test_long_prefixes_keep_their_ends(vlm, frame_store):
-    assert middle_cut(list(range(10)), 4) == ([0, 1, 8, 9], True)
-    assert middle_cut([1, 2], 4) == ([1, 2], False)
+def test_sequences_over_the_limit_score_zero_and_are_counted(vlm, frame_store):
     model, processor = vlm
-    scorer = VideoLikelihoodScorer(model, processor, frame_store, max_prefix_tokens=16)
     clip_id = frame_store.clip_ids()[0]
-    q = LikelihoodQuery(video_messages("?"), clip_id, trace_prefix("word " * 500, "t"), "Run.")
-    assert math.isfinite(scorer.mean_logprob([q])[0]) and scorer.prefix_cuts == 1
+    prompt = video_messages("What now?")
+    short = LikelihoodQuery(prompt, clip_id, prefix("fire", "run"), "Run.")
+    long = LikelihoodQuery(prompt, clip_id, prefix("word " * 300, "run"), "Run.")
+    unlimited = VideoLikelihoodScorer(model, processor, frame_store, max_sequence_tokens=None)
+    inputs = processor(
+        text=[
+            processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            + long.prefix
+            + long.target
+        ],
+        videos=[frame_store.frames(clip_id)],
+        do_sample_frames=False,
+        return_tensors="pt",
+    )
+    length = inputs["input_ids"].shape[1]  # the length the limit applies to, video included
+    at_limit = VideoLikelihoodScorer(model, processor, frame_store, max_sequence_tokens=length)
+    below = VideoLikelihoodScorer(model, processor, frame_store, max_sequence_tokens=length - 1)
+    assert all(math.isfinite(v) for v in unlimited.mean_logprob([short, long]))
+    assert math.isfinite(at_limit.mean_logprob([long])[0]) and at_limit.too_long == 0
+    got = below.mean_logprob([short, long])
+    assert math.isfinite(got[0]) and math.isnan(got[1]) and below.too_long == 1
+    reward = PerceptualCognitiveReward(below, max_block_chars=None)
+    batch = reward.score(
+        [completion("fire", "run"), completion("word " * 300, "run")],
+        [prompt] * 2,
+        [clip_id] * 2,
+        ["Run."] * 2,
+        ["p0"] * 2,
+    )
+    assert batch.values[1] == 0.0 and batch.values[0] != 0.0
+    assert batch.metrics["rewards/pcg/unscored_rate"] == 0.5
 
 
 # ------------------------------------------------------------- sentence embedder

@@ -226,19 +226,41 @@ def test_functions_score_well_formed_completions_with_trl_kwargs(reward_deps):
     assert metrics["rewards/pcg/baseline_queries"] == 1.0
 
 
+def test_functions_read_the_tags_in_use(reward_deps):
+    """With the authors' tags every reward reads <vision> (and not <perception>)."""
+    params = config.validate({"tags": ["vision", "think", "answer"]})
+    funcs = {f.__name__: f for f in build_reward_funcs(params, **reward_deps).funcs}
+    ours = "<perception>Two figures.</perception>\n<think>Calm.</think>\n<answer>Run!</answer>"
+    theirs = ours.replace("perception>", "vision>")
+    kwargs = {
+        "prompts": [ROWS[0]["prompt"]] * 2,
+        "completion_ids": [[1]] * 2,
+        "clip_id": ["c0"] * 2,
+        "reference": ["Run!"] * 2,
+        "prompt_id": ["p7"] * 2,
+        "problem_type": ["free-form", "multiple-choice"],
+    }
+    completions = [theirs, ours]
+    # ours: 4 tags once, 2 absent (+1.0); no order; does not start with <vision> (-1); end +0.5
+    assert funcs["format"](completions=completions, **kwargs) == [5.0, 1.0 - 1.0 + 0.5]
+    assert funcs["clip"](completions=completions, **kwargs)[1] == 0.0
+    assert funcs["clip"](completions=completions, **kwargs)[0] != 0.0
+    assert funcs["pcg"](completions=completions, **kwargs)[1] == 0.0
+    # The answer block is the same in both; the second row is not free-form: 0.
+    assert funcs["answer"](completions=completions, **kwargs) == pytest.approx([1.0, 0.0])
+
+
 def test_weights_and_aggregation_come_from_params(reward_deps):
     params = config.validate(
         {"rewards": {"weights": {"answer": 0.5, "format": 0.0, "clip": 0.25, "pcg": 2.0}}}
     )
     setup = build_reward_funcs(params, **reward_deps)
     assert setup.names == ["answer", "clip", "pcg"]  # a zero weight is not computed
-    assert setup.grpo_config_kwargs() == {
-        "reward_weights": [0.5, 0.25, 2.0],
-        "multi_objective_aggregation": "normalize_then_sum",
-        "scale_rewards": "group",
-    }
+    # TRL gets the weights only (for its logged `reward`); VideoGRPOTrainer aggregates.
+    assert setup.grpo_config_kwargs() == {"reward_weights": [0.5, 0.25, 2.0]}
+    assert setup.aggregation == "normalize_then_sum"
     setup = build_reward_funcs(params_with(aggregation="sum_then_normalize"), **reward_deps)
-    assert setup.grpo_config_kwargs()["multi_objective_aggregation"] == "sum_then_normalize"
+    assert setup.aggregation == "sum_then_normalize"
     assert setup.weights == [1.0, 1.0, 0.8, 0.8]
 
 

@@ -116,10 +116,12 @@ def test_s3_source_end_to_end(tmp_path, s3_endpoint, demo_data, tiny_models):
             {
                 "models": {"clip": str(tiny_models["clip"])},
                 "video": {
-                    "frame_schedule": [
+                    "min_frames": 2,
+                    "max_frames": 4,
+                    "clip_frame_schedule": [
                         {"max_duration_s": 5, "frames": 2},
                         {"max_duration_s": None, "frames": 4},
-                    ]
+                    ],
                 },
                 "ingest": {
                     "source": "s3://clips/demo/videos",

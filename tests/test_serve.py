@@ -149,3 +149,127 @@ def test_ebmrl_serve_command(tmp_path, tiny_models):
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
+
+
+# --------------------------------------------------------------------- bounds (issue 12)
+class GateBackend:
+    """A backend whose completions wait until ``gate`` is set: a "long" request."""
+
+    model_id = "gate"
+    max_concurrency = 1
+
+    def __init__(self):
+        import threading
+
+        self.gate = threading.Event()
+        self.lock = threading.Lock()  # one completion at a time, like a local model
+        self.calls = 0
+
+    def generate(self, request):
+        with self.lock:
+            self.calls += 1
+            assert self.gate.wait(60), "the test never opened the gate"
+            return "done"
+
+    def close(self):
+        pass
+
+
+def _hi(max_tokens=2):
+    return {"messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+
+
+def test_a_prompt_over_the_models_context_is_refused_and_serving_goes_on(chat_server, monkeypatch):
+    """5 MB of text is refused from its length alone (never tokenized, never generated);
+    a prompt just over the tiny model's context is refused after tokenizing; both 400."""
+    server = chat_server()
+    model, _ = server.backend._model_and_processor()
+
+    def must_not_generate(*args, **kwargs):
+        raise AssertionError("generate() called for a prompt over the context")
+
+    monkeypatch.setattr(model, "generate", must_not_generate)
+    context, _ = server.backend._context_limits()
+    for text in ("x" * 5_000_000, "word " * (context + 10)):
+        body = {"messages": [{"role": "user", "content": text}], "max_tokens": 4}
+        reply = httpx.post(f"{server.url}/chat/completions", json=body, timeout=120)
+        assert reply.status_code == 400, reply.text[:500]
+        assert f"context of {context} tokens" in reply.json()["error"]["message"]
+    monkeypatch.undo()
+    assert _chat(server.url, _hi()).status_code == 200  # the server still serves
+
+
+def test_the_local_backend_refuses_the_same_prompts(tiny_vlm_backend):
+    """annotate, synthesize and the judge use the backend directly: the same limit."""
+    from ebmrl.backends.base import ChatRequest, Message, PermanentBackendError
+
+    context, _ = tiny_vlm_backend._context_limits()
+    long = ChatRequest(messages=(Message("user", "word " * context),), max_tokens=8)
+    with pytest.raises(PermanentBackendError, match=f"context of {context} tokens"):
+        tiny_vlm_backend.generate(long)
+
+
+def test_a_body_over_the_limit_is_413(tiny_vlm_backend):
+    from ebmrl.serve import ChatServer
+
+    with ChatServer(tiny_vlm_backend, max_body_bytes=4096) as server:
+        big = {"messages": [{"role": "user", "content": "x" * 50_000}], "max_tokens": 2}
+        reply = httpx.post(f"{server.url}/chat/completions", json=big, timeout=30)
+        assert reply.status_code == 413 and "4096" in reply.json()["error"]["message"]
+        assert _chat(server.url, _hi()).status_code == 200
+        assert server.stats()["too_large"] == 1 and server.stats()["completed"] == 1
+
+
+def test_a_full_queue_answers_503_while_health_and_queued_requests_are_served():
+    import threading
+    import time
+
+    from ebmrl.serve import ChatServer
+
+    backend = GateBackend()
+    with ChatServer(backend, max_queue=2) as server:
+        codes: list[int] = []
+
+        def post():
+            codes.append(_chat(server.url, _hi()).status_code)
+
+        workers = [threading.Thread(target=post) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        deadline = time.monotonic() + 30
+        while server.stats()["in_flight"] < 2:  # one running, one waiting for the model
+            assert time.monotonic() < deadline, server.stats()
+            time.sleep(0.02)
+        busy = _chat(server.url, _hi())
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+        root = server.url.removesuffix("/v1")
+        assert httpx.get(f"{root}/health", timeout=5).json() == {"status": "ok"}
+        backend.gate.set()
+        for worker in workers:
+            worker.join(30)
+        assert codes == [200, 200] and server.stats()["queue_full"] == 1
+        assert _chat(server.url, _hi()).status_code == 200  # room again
+
+
+def test_connections_over_the_limit_get_503():
+    import socket
+
+    from ebmrl.serve import ChatServer
+
+    with ChatServer(GateBackend(), max_connections=2) as server:
+        host, port = server.server_address[:2]
+        idle = [socket.create_connection((host, port)) for _ in range(2)]
+        try:
+            import time
+
+            deadline = time.monotonic() + 10
+            reply = b""
+            while b" 503 " not in reply:
+                assert time.monotonic() < deadline, reply
+                with socket.create_connection((host, port), timeout=5) as extra:
+                    extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                    reply = extra.recv(4096)
+            assert server.stats()["refused_connections"] >= 1
+        finally:
+            for sock in idle:
+                sock.close()

@@ -2,6 +2,7 @@ import json
 import shutil
 
 import pytest
+from conftest import run_stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -130,7 +131,7 @@ def test_split_sizes_follow_the_fraction():
 
 
 def test_llm_dialogues_and_traces_over_http_are_structured_and_cached(
-    tmp_path, demo_store, demo_data, chat_server
+    tmp_path, demo_store, demo_data, chat_server, capsys
 ):
     server = chat_server(fail_rate=0.2, seed=5)
     backend = {
@@ -157,7 +158,8 @@ def test_llm_dialogues_and_traces_over_http_are_structured_and_cached(
     samples = load_split(out, "train") + load_split(out, "test")
     report = json.loads((out / "report.json").read_text())
     assert len(samples) + sum(report["dropped"].values()) == 2 * len(demo_store["clips"])
-    assert report["client"]["retries"] == server.stats()["injected_failures"] > 0
+    stats = run_stats(capsys.readouterr().out, "synthesize")
+    assert stats["client"]["retries"] == server.stats()["injected_failures"] > 0
     clips = {c.clip_id: c for c in demo_store["clips"]}
     strategies = set()
     for s in samples:
@@ -174,9 +176,13 @@ def test_llm_dialogues_and_traces_over_http_are_structured_and_cached(
         assert not copies_reply(f"{s.perception} {s.think}", s.target.utterance, 0.5)
     assert strategies == {"join", "ask"}
     requests = server.stats()["requests"]
+    first_report = (out / "report.json").read_bytes()
     assert cli.main(["--params", str(params), "synthesize"]) == 0  # all cached: no request
     assert server.stats()["requests"] == requests
     assert load_split(out, "train") + load_split(out, "test") == samples
+    # The run's statistics differ (all cache hits now), the outputs do not.
+    assert run_stats(capsys.readouterr().out, "synthesize")["client"]["cache_hits"] > 0
+    assert (out / "report.json").read_bytes() == first_report
 
 
 def test_copy_check_drops_and_reports(tmp_path, demo_store, demo_data, chat_server, capsys):
@@ -194,15 +200,16 @@ def test_copy_check_drops_and_reports(tmp_path, demo_store, demo_data, chat_serv
         backend=backend,
         generation={"max_tokens": 4, "temperature": 1.0},
     )
-    assert (
-        cli.main(["--params", str(params), "synthesize"]) == 1
-    )  # threshold 0: every trace is a copy
+    # threshold 0: every trace is a copy: nothing to write is bad input (exit 2)
+    assert cli.main(["--params", str(params), "synthesize"]) == 2
     assert "trace copies the reply" in capsys.readouterr().err
     # 1 opener + 1 reply + 2 attempts x (perception + think) per clip
     assert server.stats()["completed"] == len(demo_store["clips"]) * 6
 
 
-def test_generate_missing_traces_for_film_lines(tmp_path, demo_store, demo_data, tiny_models):
+def test_generate_missing_traces_for_film_lines(
+    tmp_path, demo_store, demo_data, tiny_models, capsys
+):
     ingest_copy = tmp_path / "ingest"
     shutil.copytree(demo_store["ingest"], ingest_copy)
     rows = [json.loads(x) for x in (ingest_copy / "samples.jsonl").read_text().splitlines()]
@@ -218,7 +225,8 @@ def test_generate_missing_traces_for_film_lines(tmp_path, demo_store, demo_data,
     )
     assert cli.main(["--params", str(params), "synthesize"]) == 0
     report = json.loads((tmp_path / "dataset" / "report.json").read_text())
-    assert report["traces_written"] == 1 and report["client"]["completed"] == 2
+    assert report["traces_written"] == 1
+    assert run_stats(capsys.readouterr().out, "synthesize")["client"]["completed"] == 2
     samples = load_split(tmp_path / "dataset", "train") + load_split(tmp_path / "dataset", "test")
     assert all(s.has_trace for s in samples)
 

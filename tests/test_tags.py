@@ -1,9 +1,21 @@
+import re
 import time
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ebmrl.tags import parse, strip_blocks
+from ebmrl.tags import (
+    AUTHORS_TAGS,
+    DEFAULT_TAGS,
+    TagNames,
+    first_block,
+    ordered_blocks,
+    parse,
+    parse_roles,
+    strip_blocks,
+    tag_names,
+)
 
 FULL = "<perception> a dim street </perception>\n<think>be careful</think>\n<answer>Run!</answer>"
 
@@ -22,13 +34,11 @@ def test_first_block_wins_when_repeated():
     assert parse("<answer>one</answer><answer>two</answer>").answer == "one"
 
 
-def test_unclosed_block_is_none_and_later_block_found():
+def test_a_block_runs_from_the_first_opener_to_the_first_closer_after_it():
+    # The authors' re.search(r"<answer>(.*?)</answer>", DOTALL), not the innermost block.
     assert parse("<answer>never closed").answer is None
-    assert parse("<answer>open <answer>closed</answer>").answer == "closed"
-
-
-def test_nested_same_tag_takes_innermost_well_formed():
-    assert parse("<think>outer <think>inner</think> tail</think>").think == "inner"
+    assert parse("<answer>open <answer>closed</answer>").answer == "open <answer>closed"
+    assert parse("<think>outer <think>inner</think> tail</think>").think == "outer <think>inner"
 
 
 def test_stray_closing_tag_before_block():
@@ -42,6 +52,18 @@ def test_empty_block_is_empty_string_not_none():
 def test_vision_alias_for_perception():
     assert parse("<vision>release format</vision>").perception == "release format"
     assert parse("<vision>a</vision><perception>b</perception>").perception == "b"
+    assert parse("<perception>ours</perception>", ("vision",)).vision == "ours"
+
+
+def test_roles_whatever_the_tag_names():
+    text = "<vision>v</vision><think>t</think><answer>a</answer>"
+    got = parse_roles(text, AUTHORS_TAGS, aliases={})
+    assert (got.perception, got.think, got.answer) == ("v", "t", "a")
+    assert parse_roles(text, DEFAULT_TAGS, aliases={}).perception is None
+    assert tag_names(["vision", "think", "answer"]) == AUTHORS_TAGS == ("vision", "think", "answer")
+    assert tag_names(None) == DEFAULT_TAGS == TagNames()
+    with pytest.raises(ValueError, match="three names"):
+        tag_names(["a", "b"])
 
 
 def test_custom_tags_and_item_access():
@@ -74,7 +96,7 @@ def test_one_megabyte_of_noise_is_fast():
 def test_many_unmatched_openers_stay_linear():
     text = "<think>" * 200_000 + "</think>"
     started = time.perf_counter()
-    assert parse(text).think == ""
+    assert parse(text).think == "<think>" * 199_999
     assert time.perf_counter() - started < 1.0
 
 
@@ -115,7 +137,7 @@ tag_soup = st.lists(
 
 @settings(max_examples=400, deadline=None)
 @given(tag_soup)
-def test_parse_never_raises_and_blocks_have_no_own_tags(text):
+def test_parse_never_raises_and_blocks_have_no_own_closing_tag(text):
     assert parse(text) is not None  # with the <vision> alias
     got = parse(text, aliases={})
     for name in ("perception", "think", "answer"):
@@ -123,7 +145,7 @@ def test_parse_never_raises_and_blocks_have_no_own_tags(text):
         assert value is None or isinstance(value, str)
         if value is not None:
             assert value == value.strip()
-            assert f"<{name}>" not in value and f"</{name}>" not in value
+            assert f"</{name}>" not in value  # an opener may be inside (first to first)
             assert value in text
 
 
@@ -144,3 +166,65 @@ def test_binary_junk(blob):
     got = parse(blob)
     assert got.answer is None or isinstance(got.answer, str)
     assert isinstance(strip_blocks(blob), str)
+
+
+# ------------------------------------------- the authors' regular expressions, fuzzed
+PIECES = [
+    "<vision>",
+    "</vision>",
+    "<perception>",
+    "</perception>",
+    "<think>",
+    "</think>",
+    "<answer>",
+    "</answer>",
+    "<",
+    ">",
+    "/",
+    "x",
+    " ",
+    "\n",
+    "<b>",
+]
+tag_text = st.lists(st.sampled_from(PIECES), max_size=24).map("".join)
+
+
+def regex_block(text, tag):
+    match = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.DOTALL)
+    return match.group(1) if match else None
+
+
+def regex_spans(text, tags):
+    pattern = r"[^<]*".join(rf"(<{t}>(.*?)</{t}>)" for t in tags)
+    match = re.search(pattern, text, re.DOTALL)
+    if not match:
+        return None
+    return [
+        (match.start(2 * i + 1), match.start(2 * i + 2), match.end(2 * i + 2), match.end(2 * i + 1))
+        for i in range(len(tags))
+    ]
+
+
+@settings(max_examples=600, deadline=None)
+@given(tag_text)
+@example("<answer>a<answer>b</answer>c</answer>")
+def test_first_block_is_the_authors_regex(text):
+    for tag in ("vision", "perception", "think", "answer"):
+        assert first_block(text, tag) == regex_block(text, tag)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(tag_text, st.sampled_from([AUTHORS_TAGS, DEFAULT_TAGS]), st.integers(1, 3))
+@example("<vision>a</vision><think></vision> <think>b</think>", AUTHORS_TAGS, 2)
+@example("<vision>a</vision>x<b><vision>c</vision><think>t</think>", AUTHORS_TAGS, 2)
+def test_ordered_blocks_are_the_authors_regex_search(text, tags, n):
+    spans = ordered_blocks(text, tags[:n])
+    expected = regex_spans(text, tags[:n])
+    assert (None if spans is None else [tuple(s) for s in spans]) == expected
+
+
+def test_ordered_blocks_stay_linear_on_pathological_input():
+    text = "<vision></vision>" * 50_000 + "<think>" * 50_000
+    started = time.perf_counter()
+    assert ordered_blocks(text, AUTHORS_TAGS[:2]) is None
+    assert time.perf_counter() - started < 1.0

@@ -70,6 +70,24 @@ def test_stage_run_nests_under_parent_and_restores_env(tmp_path, monkeypatch):
     assert child.data.tags["ebmrl.stage"] == "grpo"
     assert child.data.params["grpo.beta"] == "0.04"
     assert child.data.metrics["rewards/format/mean"] == 1.0
+    # A training experiment: MLflow 3 opens its runs table, not the GenAI overview.
+    experiment = mlflow.get_experiment_by_name("nesting")
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_an_experiment_kind_someone_chose_is_kept(tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    fresh = tracking.training_experiment_id(client, "fresh")
+    assert client.get_experiment(fresh).tags[tracking.EXPERIMENT_KIND_TAG] == (
+        tracking.TRAINING_EXPERIMENT
+    )
+    chosen = client.create_experiment(
+        "chosen", tags={tracking.EXPERIMENT_KIND_TAG: "genai_development"}
+    )
+    assert tracking.training_experiment_id(client, "chosen") == chosen
+    assert client.get_experiment(chosen).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"
 
 
 def test_disabled_tracking_yields_none():

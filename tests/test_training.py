@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DEMO_SAMPLING
 
 from ebmrl import config
 from ebmrl.data.dataset import write_dataset
@@ -66,14 +67,12 @@ def demo_training_set(tmp_path_factory, tiny_models):
     )
     clips = [c for c in result.clips if c.status == "ok"]
     tasks = [frames.FrameTask(c.clip_id, c.uri, c.sha256, c.width, c.height) for c in clips]
-    schedule = ((5.0, 4), (15.0, 8), (None, 8))
     frames.build_store(
         tasks,
         root / "frames",
         embedder=frames.ClipEmbedder.load(str(tiny_models["clip"]), None),
-        settings=frames.store_settings(schedule, 100_352, str(tiny_models["clip"]), None),
-        schedule=schedule,
-        max_pixels=100_352,
+        settings=frames.store_settings(DEMO_SAMPLING, str(tiny_models["clip"]), None),
+        sampling=DEMO_SAMPLING,
         workers=0,
     )
     return {"samples": result.samples, "profiles": paths["profiles"], "frames": root / "frames"}
@@ -492,3 +491,17 @@ def test_a_code_change_makes_a_new_run_but_an_unrelated_one_does_not(tmp_path):
     (tmp_path / "train" / "loop.py").write_text("lr = 2\n")
     assert training_code_identity(tmp_path) != before
     assert training_code_identity() == training_code_identity()  # the real package
+
+
+def test_timings_stay_out_of_the_state_that_checkpoints_save():
+    """TRL logs ``step_time`` (MLflow keeps it); the checkpoints' trainer_state.json, which
+    DVC hashes, must not: the same run gives the same bytes."""
+    from types import SimpleNamespace
+
+    from ebmrl.train.grpo import timings_out_of_the_state
+
+    state = SimpleNamespace(log_history=[{"reward": 1.0, "step_time": 0.7, "step": 1}])
+    logs = {"reward": 1.0, "step_time": 0.7}
+    timings_out_of_the_state().on_log(None, state, None, logs=logs)
+    assert state.log_history == [{"reward": 1.0, "step": 1}]
+    assert logs["step_time"] == 0.7  # what the loggers were given is left alone

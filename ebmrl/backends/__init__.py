@@ -22,7 +22,7 @@ from ebmrl.backends.client import GenerationClient, cache_key, map_concurrent
 from ebmrl.backends.retry import RetryPolicy, call_with_retries
 
 if TYPE_CHECKING:
-    from ebmrl.config import BackendSection, ModelsSection
+    from ebmrl.config import BackendSection, EvalSystemSection, ModelsSection, RequestsSection
 
 __all__ = [
     "Backend",
@@ -40,6 +40,7 @@ __all__ = [
     "make_backend",
     "map_concurrent",
     "retry_policy",
+    "system_backend",
 ]
 
 
@@ -68,7 +69,29 @@ def make_backend(section: BackendSection, models: ModelsSection) -> Backend:
     )
 
 
-def retry_policy(section: BackendSection) -> RetryPolicy:
+def system_backend(
+    system: EvalSystemSection,
+    models: ModelsSection,
+    requests: RequestsSection | None = None,
+    torch_threads: int | None = None,
+) -> Backend:
+    """An evaluated system's generator: its model in this process, or the endpoint serving
+    it, reached with the ``requests`` settings (timeout, concurrency, API key)."""
+    from ebmrl.config import BackendSection
+
+    return make_backend(
+        BackendSection(
+            **(requests.model_dump() if requests is not None else {}),
+            kind="http" if system.base_url else "local",
+            model=system.model,
+            base_url=system.base_url,
+            torch_threads=torch_threads,
+        ),
+        models,
+    )
+
+
+def retry_policy(section: RequestsSection) -> RetryPolicy:
     return RetryPolicy(
         max_retries=section.max_retries,
         backoff_s=section.backoff_s,
@@ -76,7 +99,7 @@ def retry_policy(section: BackendSection) -> RetryPolicy:
     )
 
 
-def concurrency(section: BackendSection, backend: Backend) -> int:
+def concurrency(section: RequestsSection, backend: Backend) -> int:
     """Requests in flight: the section's bound, never more than the backend can take."""
     limit = getattr(backend, "max_concurrency", None)
     return max(1, min(section.concurrency, limit) if limit else section.concurrency)

@@ -6,30 +6,13 @@ list of images. One model serves one request at a time (a lock): concurrent call
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ebmrl.backends.base import ChatRequest, Message, PermanentBackendError
-
-
-def model_fingerprint(id_or_path: str) -> str:
-    """``name@hash`` for a local folder (JSON configs + sizes and first MiB of each weight
-    file), so retrained weights at the same path do not hit a stale cache; hub ids as is."""
-    path = Path(id_or_path)
-    if not path.is_dir():
-        return str(id_or_path)
-    digest = hashlib.sha256()
-    for file in sorted(path.iterdir()):
-        if file.suffix in (".json", ".safetensors", ".bin", ".pt"):
-            digest.update(file.name.encode())
-            digest.update(str(file.stat().st_size).encode())
-            with open(file, "rb") as handle:
-                digest.update(handle.read(1 << 20))
-    return f"{id_or_path}@{digest.hexdigest()[:12]}"
+from ebmrl.models.identity import model_fingerprint
 
 
 def to_conversation(messages: tuple[Message, ...], with_video: bool) -> list[dict[str, Any]]:
@@ -78,6 +61,7 @@ class LocalVLMBackend:
         self._loaded = loaded
         self._torch_threads = torch_threads
         self._lock = threading.Lock()
+        self._limits: tuple[int | None, int] | None = None  # (context, longest token)
 
     def _model_and_processor(self) -> tuple[Any, Any]:
         if self._loaded is None:
@@ -93,6 +77,35 @@ class LocalVLMBackend:
             self._loaded = load_vlm(self.name, **self._load_args)
         return self._loaded
 
+    def load(self) -> None:
+        """Load the model now rather than on the first request (fails if it cannot)."""
+        with self._lock:
+            self._context_limits()
+
+    def _context_limits(self) -> tuple[int | None, int]:
+        """The model's context in tokens and the longest token's length in characters."""
+        if self._limits is None:
+            from ebmrl.models.vlm import context_length
+
+            model, processor = self._model_and_processor()
+            vocab = processor.tokenizer.get_vocab()
+            self._limits = (context_length(model, processor), max(map(len, vocab), default=1))
+        return self._limits
+
+    def _refuse_a_prompt_surely_too_long(self, request: ChatRequest) -> None:
+        """No token is longer than the longest in the vocabulary, so the text alone sets a
+        lower bound on the prompt's tokens: a prompt far over the context (megabytes of
+        text) is refused without being tokenized."""
+        context, longest = self._context_limits()
+        chars = sum(len(m.content) for m in request.messages)
+        at_least = -(-chars // max(1, longest))
+        if context is not None and at_least + request.max_tokens > context:
+            raise PermanentBackendError(
+                f"{self.name}: the prompt has at least {at_least} tokens ({chars} characters) "
+                f"and {request.max_tokens} more are asked for: over the model's context of "
+                f"{context} tokens"
+            )
+
     def generate(self, request: ChatRequest) -> str:
         from ebmrl.models.vlm import generate_text
 
@@ -102,6 +115,7 @@ class LocalVLMBackend:
         conversation = to_conversation(request.messages, with_video=video is not None)
         with self._lock:
             model, processor = self._model_and_processor()
+            self._refuse_a_prompt_surely_too_long(request)
             try:
                 texts = generate_text(
                     model,
@@ -113,6 +127,7 @@ class LocalVLMBackend:
                     temperature=request.temperature or 1.0,
                     top_p=request.top_p,
                     seed=request.seed,
+                    max_context=self._context_limits()[0],
                 )
             except (ValueError, TypeError) as exc:
                 raise PermanentBackendError(f"{self.name}: cannot generate: {exc}") from exc

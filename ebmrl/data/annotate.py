@@ -22,7 +22,7 @@ from ebmrl import prompts
 from ebmrl.backends import ChatRequest, GenerationClient, Message, cache_key, map_concurrent
 from ebmrl.frame_store import FrameStore
 from ebmrl.schema import Clip
-from ebmrl.video import uniform_indices
+from ebmrl.video import spread_frames
 
 SYSTEM_PROMPT = "annotate_system"
 USER_PROMPT = "annotate_user"
@@ -44,13 +44,6 @@ class AnnotateSettings:
             "settings": self.__dict__,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
-
-
-def pick_frames(frames: np.ndarray, max_frames: int) -> np.ndarray:
-    """At most ``max_frames`` of the stored frames, spread evenly over the clip."""
-    if len(frames) <= max_frames:
-        return frames
-    return frames[uniform_indices(len(frames), max_frames)]
 
 
 def clip_seed(settings: AnnotateSettings, sha256: str) -> int:
@@ -105,7 +98,7 @@ def annotate_clips(
     todo = [c for c in clips if client.cached(key_of(c)) is None]
 
     def describe(clip: Clip) -> str:
-        frames = pick_frames(store.frames(clip.clip_id), settings.max_frames)
+        frames = spread_frames(store.frames(clip.clip_id), settings.max_frames)
         request = annotation_request(frames, settings, str(clip.sha256))
         return client.generate(request, key=key_of(clip), clip_id=clip.clip_id, sha256=clip.sha256)
 
@@ -117,6 +110,8 @@ def annotate_clips(
             "clip_id": o.item.clip_id,
             "uri": o.item.uri,
             "error": f"{type(o.error).__name__}: {o.error}",
+            # A backend that was down or overloaded (after the retries): worth a later rerun.
+            "retryable": bool(getattr(o.error, "retryable", False)),
         }
         for o in outcomes
         if o.error is not None
@@ -145,17 +140,3 @@ def annotate_clips(
         "client": client.stats.as_dict(),
     }
     return AnnotateResult(annotations, failures, stats)
-
-
-def read_annotations(path) -> dict[str, dict[str, Any]]:
-    """``clip_id -> annotation`` from an annotate output folder or file."""
-    from pathlib import Path
-
-    from ebmrl.data.jsonl import read_jsonl
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "annotations.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no annotations at {path} (did the annotate stage run?)")
-    return {row["clip_id"]: row for row in read_jsonl(path)}

@@ -1,10 +1,17 @@
-"""Frames: sample each clip's frames (count by duration), compute their CLIP embeddings
-once, and store both in shards (``ebmrl.frame_store.ShardWriter``).
+"""Frames: per clip, the policy's frames and the CLIP embeddings of CLIP's own frames,
+computed once and stored in shards (``ebmrl.frame_store.ShardWriter``).
 
-Decoding runs in a pool of worker processes (it is CPU-bound and decord holds the GIL
-for part of it); CLIP runs in the main process, in batches, so one model serves all
-workers (on a GPU there is then one copy of it). Results come back in manifest order,
-with a bounded number in flight so memory stays flat on long manifests.
+Two samplings (``ebmrl.video.sample_clip``, params ``video``): the frames the VLM sees
+(qwen-vl-utils' rules: about ``fps`` a second, ``min_frames``..``max_frames``, resized to
+about ``max_pixels_per_frame``), stored; and the frames CLIP embeds (by duration,
+``clip_frame_schedule``, decoded at full resolution and put through CLIP's own
+preprocessing), of which only the embeddings are stored, with their indices.
+
+Decoding (and CLIP's image preprocessing) runs in a pool of worker processes (it is
+CPU-bound and decord holds the GIL for part of it); the CLIP model runs in the main
+process, in batches, so one model serves all workers (on a GPU there is then one copy of
+it). Results come back in manifest order, with a bounded number in flight so memory
+stays flat on long manifests.
 """
 
 from __future__ import annotations
@@ -22,9 +29,8 @@ from typing import Any
 import numpy as np
 
 from ebmrl import video
+from ebmrl.config import VideoSection
 from ebmrl.frame_store import ShardWriter
-
-Schedule = Sequence[tuple[float | None, int]]
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,11 @@ class FrameTask:
 @dataclass
 class DecodedClip:
     clip_id: str
-    frames: np.ndarray
+    frames: np.ndarray  # the policy's frames, (T, H, W, 3) uint8
     indices: list[int]
     timestamps: list[float]
+    clip_inputs: Any  # CLIP's frames, preprocessed (a tensor) or raw uint8 frames
+    clip_indices: list[int]
     fps: float
     seconds: float
 
@@ -50,26 +58,39 @@ class FramesError(RuntimeError):
     """Some clips could not be decoded; finished shards are kept for the next run."""
 
 
-def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int] | None:
-    """(width, height) scaled down to fit ``max_pixels`` (aspect kept, even sides), or
-    None when the clip already fits (decode at native size, never upscale)."""
-    if width * height <= max_pixels:
-        return None
-    scale = math.sqrt(max_pixels / (width * height))
-    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+def clip_inputs(frames: np.ndarray, preprocess: Callable[[Any], Any]) -> Any:
+    """CLIP's own preprocessing of full-size ``(T, H, W, 3)`` uint8 frames: a batch tensor."""
+    import torch
+    from PIL import Image
+
+    return torch.stack([preprocess(Image.fromarray(np.asarray(f))) for f in frames])
 
 
-def decode_clip(task: FrameTask, schedule: Schedule, max_pixels: int) -> DecodedClip:
-    """Worker: decode the clip's frames (uniform, count by duration), resized to the budget."""
+def decode_clip(
+    task: FrameTask, sampling: VideoSection, preprocess: Callable[[Any], Any] | None = None
+) -> DecodedClip:
+    """Worker: the clip's policy frames and its CLIP frames (preprocessed when
+    ``preprocess`` is given, so the main process only runs the model)."""
     started = time.perf_counter()
-    size = fit_size(task.width, task.height, max_pixels)
-    frames, indices, info = video.sample_frames(task.uri, schedule=schedule, size=size)
+    sampled = video.sample_clip(
+        task.uri,
+        sample_fps=sampling.fps,
+        min_frames=sampling.min_frames,
+        max_frames=sampling.max_frames,
+        min_pixels=sampling.min_pixels_per_frame,
+        max_pixels=sampling.max_pixels_per_frame,
+        clip_schedule=sampling.clip_schedule(),
+    )
+    fps = sampled.info.fps
+    raw = sampled.clip_frames
     return DecodedClip(
         clip_id=task.clip_id,
-        frames=frames,
-        indices=[int(i) for i in indices],
-        timestamps=[round(i / info.fps, 6) for i in indices],
-        fps=info.fps,
+        frames=sampled.policy_frames,
+        indices=[int(i) for i in sampled.policy_indices],
+        timestamps=[round(i / fps, 6) for i in sampled.policy_indices],
+        clip_inputs=raw if preprocess is None else clip_inputs(raw, preprocess),
+        clip_indices=[int(i) for i in sampled.clip_indices],
+        fps=fps,
         seconds=time.perf_counter() - started,
     )
 
@@ -107,7 +128,8 @@ def ordered_map(
 
 
 class ClipEmbedder:
-    """CLIP image embeddings of frames, L2-normalised, in batches."""
+    """CLIP image embeddings of frames, L2-normalised, in batches, through CLIP's own
+    preprocessing (``preprocess``: what ``decode_clip`` applies in the workers)."""
 
     def __init__(self, model: Any, preprocess: Any, device: str = "cpu", batch_size: int = 64):
         self.model, self.preprocess, self.device, self.batch_size = (
@@ -127,18 +149,16 @@ class ClipEmbedder:
         return cls(model, preprocess, device, batch_size)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
+        return self.encode_inputs(clip_inputs(frames, self.preprocess))
+
+    def encode_inputs(self, inputs: Any) -> np.ndarray:
+        """Embeddings of already preprocessed frames (``clip_inputs``)."""
         import torch
-        from PIL import Image
 
         out = []
         with torch.no_grad():
-            for start in range(0, len(frames), self.batch_size):
-                batch = torch.stack(
-                    [
-                        self.preprocess(Image.fromarray(f))
-                        for f in frames[start : start + self.batch_size]
-                    ]
-                ).to(self.device)
+            for start in range(0, len(inputs), self.batch_size):
+                batch = inputs[start : start + self.batch_size].to(self.device)
                 features = self.model.encode_image(batch).float()
                 out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
         return np.concatenate(out).astype(np.float32)
@@ -165,8 +185,7 @@ def build_store(
     *,
     embedder: Callable[[np.ndarray], np.ndarray],
     settings: dict[str, Any],
-    schedule: Schedule,
-    max_pixels: int,
+    sampling: VideoSection,
     workers: int = 2,
     shard_size_bytes: int = 64 << 20,
     compress: bool = True,
@@ -174,6 +193,8 @@ def build_store(
 ) -> FramesReport:
     """Fill the store at ``out`` with every task's frames and embeddings.
 
+    ``embedder`` maps raw uint8 frames to embeddings; one with a ``preprocess`` and an
+    ``encode_inputs`` (``ClipEmbedder``) has the preprocessing done in the workers.
     Clips already stored with the same ``settings`` (an interrupted or repeated run) are
     reused. If any clip fails to decode, the finished shards stay and ``FramesError``
     names the failed clips; ``index.json`` is only written when every clip is there.
@@ -189,7 +210,11 @@ def build_store(
         bar = tqdm(total=len(todo), desc=f"frames ({workers or 1} worker(s))", unit="clip")
     decode_seconds = embed_seconds = 0.0
     failed: list[dict[str, str]] = []
-    for task, clip, error in ordered_map(decode_clip, todo, schedule, max_pixels, workers=workers):
+    preprocess = getattr(embedder, "preprocess", None)
+    encode = getattr(embedder, "encode_inputs", None) if preprocess is not None else None
+    if encode is None:
+        preprocess = None
+    for task, clip, error in ordered_map(decode_clip, todo, sampling, preprocess, workers=workers):
         if error is not None:
             reason = (
                 error.reason
@@ -200,7 +225,7 @@ def build_store(
         else:
             decode_seconds += clip.seconds
             tic = time.perf_counter()
-            embeddings = embedder(clip.frames)
+            embeddings = encode(clip.clip_inputs) if encode else embedder(clip.clip_inputs)
             embed_seconds += time.perf_counter() - tic
             entry = {
                 "sha256": task.sha256,
@@ -211,6 +236,7 @@ def build_store(
                 "fps": clip.fps,
                 "indices": clip.indices,
                 "timestamps": clip.timestamps,
+                "clip_indices": clip.clip_indices,
             }
             writer.add(task.clip_id, clip.frames, embeddings, entry)
         if bar is not None:
@@ -237,14 +263,13 @@ def build_store(
 
 
 def store_settings(
-    schedule: Schedule, max_pixels: int, clip_model: str, clip_pretrained: str | None
+    sampling: VideoSection, clip_model: str, clip_pretrained: str | None
 ) -> dict[str, Any]:
     """What the stored frames depend on; a change invalidates every shard."""
-    from ebmrl.backends.local import model_fingerprint
+    from ebmrl.models.identity import model_fingerprint
 
     return {
-        "frame_schedule": [[bound, count] for bound, count in schedule],
-        "max_pixels_per_frame": max_pixels,
+        "video": sampling.model_dump(mode="json"),
         "clip_model": model_fingerprint(clip_model),
         "clip_pretrained": clip_pretrained,
     }

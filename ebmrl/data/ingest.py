@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ebmrl import video
+from ebmrl.io import parse_json, parse_json_lines
 from ebmrl.schema import MANIFEST_COLUMNS, Clip, Sample, SchemaError
 
 CHUNK = 1 << 20
@@ -262,21 +263,11 @@ def _read_text(uri: str) -> str:
 
 def _parse_records(text: str, origin: str) -> list[Any]:
     if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"{origin}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        data = parse_json(text, origin, SchemaError)
         if not isinstance(data, list):
             raise SchemaError(f"{origin}: expected a JSON array of records")
         return data
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise SchemaError(f"{origin}: invalid JSON on line {number}: {exc.msg}") from None
-    return records
+    return parse_json_lines(text, origin, SchemaError)
 
 
 def _key(uri: str) -> str:

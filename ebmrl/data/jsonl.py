@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ebmrl.io import atomic_path
+from ebmrl.io import atomic_path, parse_json_lines
 from ebmrl.schema import Sample, SchemaError
 
 
@@ -22,16 +22,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise SchemaError(f"{path}: invalid JSON on line {number}: {exc.msg}") from None
-    return rows
+    return parse_json_lines(path.read_text(encoding="utf-8"), str(path), SchemaError)
 
 
 def write_samples(path: str | Path, samples: Iterable[Sample]) -> int:
@@ -46,3 +37,13 @@ def read_samples(path: str | Path) -> list[Sample]:
         except ValueError as exc:
             raise SchemaError(f"{path}: line {number}: not a sample: {exc}") from None
     return samples
+
+
+def read_annotations(path: str | Path) -> dict[str, dict[str, Any]]:
+    """``clip_id -> annotation`` from an annotate output folder or file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "annotations.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no annotations at {path} (did the annotate stage run?)")
+    return {row["clip_id"]: row for row in read_jsonl(path)}

@@ -29,7 +29,7 @@ from typing import Any
 from ebmrl import prompts
 from ebmrl.backends import ChatRequest, GenerationClient, Message, map_concurrent
 from ebmrl.data.copycheck import copies_reply, copy_score
-from ebmrl.schema import CharacterProfile, Clip, ProfileBook, Sample, Turn
+from ebmrl.schema import CharacterProfile, Clip, ProfileBook, Sample, Turn, history_text
 
 MAX_LINE_CHARS = 400
 
@@ -88,10 +88,6 @@ def clean_line(text: str, speakers: Sequence[str] = ()) -> str:
 
 def clean_block(text: str) -> str:
     return " ".join(_CONTROL.sub("", _TAG.sub("", text)).split())[: 4 * MAX_LINE_CHARS]
-
-
-def history_text(turns: Sequence[Turn]) -> str:
-    return "\n".join(f"{t.speaker}: {t.utterance}" for t in turns) or "(nothing said yet)"
 
 
 def _seed(*parts: Any) -> int:

@@ -85,12 +85,12 @@ def score_outputs(
 ) -> list[dict[str, Any]]:
     """One dict of metrics per item (items whose output failed get an empty dict)."""
     results: list[dict[str, Any]] = [{} for _ in items]
-    best = max_format_score()
+    best = max_format_score()  # 5 for any three tags
     for row, item in zip(results, items, strict=True):
         if not item.output.ok:
             continue
         spoken = item.output.spoken
-        fmt = format_score(item.output.text)
+        fmt = format_score(item.output.text, item.output.tags)
         row.update(
             rouge_l=round(rouge_l(spoken, item.reference), 6),
             format_score=fmt,

@@ -62,40 +62,23 @@ CHAT_TEMPLATE = (
 )
 
 
+CORPUS_FILE = "tiny_corpus.json"
+
+
 def tokenizer_corpus() -> list[str]:
-    """Text the tiny tokenizers are trained on: our prompts, demo lines and tags."""
-    from importlib import resources
+    """Text the tiny tokenizers are trained on: ``tiny_corpus.json`` beside this module.
 
-    from ebmrl.data import demo
-
-    templates = [
-        entry.read_text(encoding="utf-8")
-        for entry in resources.files("ebmrl.prompts").iterdir()
-        if entry.name.endswith(".txt")
-    ]
-    lines = [
-        *templates,
-        "<perception> </perception> <think> </think> <answer> </answer>",
-        "You are playing a character in a conversation about a video clip you just saw.",
-        "Write what you see, then what you think, then the line your character says.",
-        "Describe only what is visible: people by appearance, objects, lighting and mood.",
-    ]
-    for name, profile in demo.PROFILES.items():
-        lines.append(name)
-        lines += [str(v) if not isinstance(v, list) else " ".join(v) for v in profile.values()]
-    for by_danger in demo.REPLIES.values():
-        for options in by_danger.values():
-            lines += options
-    lines += demo.OPENERS
-    lines += list(demo.COLOURS) + list(demo.FIGURE_COLOURS) + list(demo.MOTION_PHRASES.values())
-    formatted = (
-        "<perception>Two white figures walking to the left in a dim blue street. "
-        "Orange flames flicker at the bottom of the frame. The atmosphere is dangerous "
-        "and tense.</perception><think>The scene is dangerous. React to the fire.</think>"
-        "<answer>Fire on the ground, get back now.</answer>"
-    )
+    A frozen file (our prompts, demo lines and tags as they were written down), not the
+    live prompt templates: rewording a prompt reruns the stages that use the prompt, not
+    ``tiny_models`` and everything under it.
+    """
+    corpus = json.loads(Path(__file__).with_name(CORPUS_FILE).read_text(encoding="utf-8"))
     # Repetition makes the tags, the prompt wording and common words single tokens.
-    return lines * 3 + [formatted] * 20 + [f"{i} {i * 7} {i * 13}" for i in range(200)]
+    return (
+        corpus["lines"] * 3
+        + [corpus["formatted"]] * 20
+        + [f"{i} {i * 7} {i * 13}" for i in range(200)]
+    )
 
 
 def train_bpe_tokenizer(vocab_size: int = 2048):

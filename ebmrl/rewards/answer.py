@@ -2,8 +2,11 @@
 
 method.md section 2: F1 between the answer ``a`` and the reference reply ``y*`` (paper
 setting: ``microsoft/deberta-xlarge-mnli``, no idf, no baseline rescaling), clipped to
-[0, 1]; 0 when the answer is missing or empty (likewise when the reference is empty:
-there is nothing to be faithful to). The scorer is a persistent ``bert_score.BERTScorer``
+[0, 1]. The answer is read as the authors read it: from the first ``<answer>`` to the
+first ``</answer>`` after it, stripped (``ebmrl.tags.first_block``). 0 when the answer is
+missing or empty, likewise when the reference is empty (there is nothing to be faithful
+to), and for a row whose ``problem_type`` is given and is not ``free-form`` (the authors
+score only free-form replies). The scorer is a persistent ``bert_score.BERTScorer``
 built once (``make_bert_scorer``); one call scores the whole group.
 """
 
@@ -14,7 +17,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ebmrl.rewards.base import RewardBatch, check_lengths, completion_texts, rate
-from ebmrl.tags import parse
+from ebmrl.tags import DEFAULT_TAGS, first_block
+
+FREE_FORM = "free-form"
 
 
 class F1Scorer(Protocol):
@@ -50,16 +55,31 @@ class AnswerReward:
 
     name = "answer"
 
-    def __init__(self, scorer: F1Scorer, batch_size: int = 64):
+    def __init__(
+        self, scorer: F1Scorer, batch_size: int = 64, answer_tag: str = DEFAULT_TAGS.answer
+    ):
         self.scorer = scorer
         # BERTScorer.score takes its batch size per call (the constructor's is ignored).
         self.batch_size = batch_size
+        self.answer_tag = answer_tag
 
-    def score(self, completions: Sequence[object], references: Sequence[str]) -> RewardBatch:
+    def score(
+        self,
+        completions: Sequence[object],
+        references: Sequence[str],
+        problem_types: Sequence[str | None] | None = None,
+    ) -> RewardBatch:
         texts = completion_texts(completions)
         check_lengths("answer", len(texts), references=references)
-        answers = [parse(t, ("answer",), aliases={}).answer or "" for t in texts]
+        if problem_types is not None:
+            check_lengths("answer", len(texts), problem_type=problem_types)
+        answers = [(first_block(t, self.answer_tag) or "").strip() for t in texts]
         refs = [str(r or "").strip() for r in references]
+        if problem_types is not None:
+            refs = [
+                r if kind in (None, FREE_FORM) else ""
+                for r, kind in zip(refs, problem_types, strict=True)
+            ]
         # bert-score 0.3.13 crashes on an empty or whitespace-only string under
         # transformers 5, and an empty answer deserves 0 anyway: never send one.
         scored = [i for i, (a, r) in enumerate(zip(answers, refs, strict=True)) if a and r]

@@ -1,19 +1,27 @@
-"""CLIP scene-text alignment between the ``<perception>`` block and the clip's frames.
+"""CLIP scene-text alignment between the perception block and the clip's frames.
 
 method.md section 2: the cosine between the CLIP text embedding of the perception and
-the CLIP image embeddings of the clip's sampled frames.
+the CLIP image embeddings of the clip's frames (sampled for CLIP by the frames stage,
+``ebmrl.video.clip_frame_indices``).
 
 - **Max** (``mode="max"``, the paper's best): the highest cosine over the frames.
-- **SentTopK** (``mode="sent_topk"``): split the perception into sentences; for each
-  sentence average its top ``ceil(frac * T)`` frame cosines; average over sentences.
+- **SentTopK** (``mode="sent_topk"``): split the perception into sentences
+  (``sentence_rule``: ours or the authors', ``ebmrl.rewards.sentences``; none found: the
+  whole text is one sentence); for each sentence average its top ``topk_count(T, frac)``
+  = max(1, floor(frac * T)) frame cosines; average over sentences.
 
-0 when the perception is missing or empty. Frame embeddings come from the frame store,
-filled once per clip by the frames stage: this reward never encodes frames. A clip
-absent from the store raises ``MissingClipError`` (the frames stage did not run for it).
+The perception is the content of the first ``<perception>`` block (``perception_tag``:
+``vision`` for the authors' tags), from the first opener to the first closer after it,
+stripped; missing or empty: 0. Frame embeddings come from the frame store, filled once
+per clip by the frames stage: this reward never encodes frames. A clip absent from the
+store raises ``MissingClipError`` (the frames stage did not run for it; the authors
+score such a clip -1, we refuse to train on it).
 
-CLIP's text tower reads a fixed number of tokens (77 for the OpenAI models). Longer
-perceptions are cut, and the encoder says which ones: the reward reports the rate as
-``rewards/clip/truncation_rate``.
+CLIP's text tower reads a fixed number of tokens (77 for the OpenAI models). The text
+goes to CLIP's tokenizer whole (no character cut before it), the tokenizer cuts at the
+context length, and the encoder says which texts were cut: the reward reports the rate
+as ``rewards/clip/truncation_rate``. A perception is bounded by the completion length
+(``grpo.max_completion_length``), so tokenizing it whole costs little.
 """
 
 from __future__ import annotations
@@ -27,15 +35,10 @@ import numpy as np
 
 from ebmrl.frame_store import FrameStore, l2_normalise
 from ebmrl.rewards.base import RewardBatch, check_lengths, completion_texts, rate
-from ebmrl.rewards.sentences import split_sentences
-from ebmrl.tags import parse
+from ebmrl.rewards.sentences import SentenceRule, split_sentences
+from ebmrl.tags import DEFAULT_TAGS, first_block
 
 ClipMode = Literal["max", "sent_topk"]
-
-# CLIP's BPE tokens average about 4 characters of English; a text longer than 8 characters
-# per context slot cannot fit, so it is cut before tokenizing (bounding the tokenizer's
-# work on pathological input) and flagged as truncated.
-CHARS_PER_TOKEN_BOUND = 8
 
 
 # ------------------------------------------------------------------ pure similarities
@@ -56,9 +59,8 @@ def max_frame_similarity(text_emb: np.ndarray, frame_embs: np.ndarray) -> float:
 
 
 def topk_count(num_frames: int, frac: float) -> int:
-    """``ceil(frac * T)`` frames, at least 1 and at most T (float noise ignored)."""
-    # 0.2 * 15 is 3.0000000000000004 in floating point: without the tolerance ceil gives 4.
-    return max(1, min(num_frames, math.ceil(frac * num_frames - 1e-9)))
+    """``max(1, floor(frac * T))`` frames (the authors' ``max(1, int(T * frac))``)."""
+    return max(1, math.floor(num_frames * frac))
 
 
 def sentence_topk_similarity(
@@ -131,27 +133,15 @@ class OpenClipEncoder:
         pad = getattr(inner, "pad_token_id", None) if inner is not None else None
         return 0 if pad is None else int(pad)  # SimpleTokenizer pads with 0
 
-    def prepare(self, texts: Sequence[str]) -> tuple[list[str], list[bool]]:
-        """Texts cut to the character bound (whitespace collapsed first, as CLIP's
-        tokenizer does), and whether each was cut."""
-        limit = self.context_length * CHARS_PER_TOKEN_BOUND
-        prepared, cut = [], []
-        for text in texts:
-            collapsed = " ".join(text.split())
-            prepared.append(collapsed[:limit])
-            cut.append(len(collapsed) > limit)
-        return prepared, cut
-
     def encode_texts(self, texts: Sequence[str]) -> TextEmbeddings:
         import torch
 
         if not texts:
             return TextEmbeddings(np.zeros((0, 0), dtype=np.float32), [])
-        prepared, cut = self.prepare(texts)
+        prepared = list(texts)
         # One slot more than the context: a text fills it iff it does not fit.
         probe = self.tokenizer(prepared, context_length=self.context_length + 1)
-        overflow = (probe[:, -1] != self._pad_id()).tolist()
-        truncated = [c or bool(o) for c, o in zip(cut, overflow, strict=True)]
+        truncated = [bool(o) for o in (probe[:, -1] != self._pad_id()).tolist()]
         tokens = self.tokenizer(prepared, context_length=self.context_length)
         chunks = []
         with torch.no_grad():
@@ -188,7 +178,9 @@ class ClipReward:
         frame_store: FrameStore,
         mode: ClipMode = "max",
         topk_fraction: float = 0.2,
-        max_sentences: int = 16,
+        max_sentences: int | None = 16,
+        sentence_rule: SentenceRule = "ebmrl",
+        perception_tag: str = DEFAULT_TAGS.perception,
     ):
         if mode not in ("max", "sent_topk"):
             raise ValueError(f"unknown CLIP reward mode {mode!r}; use 'max' or 'sent_topk'")
@@ -199,13 +191,16 @@ class ClipReward:
         self.mode = mode
         self.topk_fraction = topk_fraction
         self.max_sentences = max_sentences
+        self.sentence_rule = sentence_rule
+        self.perception_tag = perception_tag
+        split_sentences("", sentence_rule)  # an unknown rule fails here, not mid-training
 
     def score(self, completions: Sequence[object], clip_ids: Sequence[str]) -> RewardBatch:
         texts = completion_texts(completions)
         check_lengths("clip", len(texts), clip_ids=clip_ids)
         # Fetch every clip first: a missing clip is an error even if no perception needs it.
         frames = {cid: self.frame_store.embeddings(cid) for cid in dict.fromkeys(clip_ids)}
-        perceptions = [parse(t, ("perception",), aliases={}).perception or "" for t in texts]
+        perceptions = [(first_block(t, self.perception_tag) or "").strip() for t in texts]
         scored = [i for i, p in enumerate(perceptions) if p]
         values = [0.0] * len(texts)
         if self.mode == "max":
@@ -231,13 +226,12 @@ class ClipReward:
         rows_of: dict[int, list[int]] = {}  # completion index -> its rows in `sentences`
         cut_rows = set()
         for i in scored:
-            found = split_sentences(perceptions[i]) or [perceptions[i]]
-            if len(found) > self.max_sentences:
+            found = split_sentences(perceptions[i], self.sentence_rule) or [perceptions[i]]
+            if self.max_sentences is not None and len(found) > self.max_sentences:
                 cut_rows.add(i)
-            rows_of[i] = list(
-                range(len(sentences), len(sentences) + min(len(found), self.max_sentences))
-            )
-            sentences.extend(found[: self.max_sentences])
+                found = found[: self.max_sentences]
+            rows_of[i] = list(range(len(sentences), len(sentences) + len(found)))
+            sentences.extend(found)
         encoded = self.encoder.encode_texts(sentences)  # every sentence of the group at once
         for i, rows in rows_of.items():
             if any(encoded.truncated[r] for r in rows):

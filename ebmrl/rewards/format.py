@@ -1,6 +1,7 @@
 """The dense format reward (method.md section 2), exact and linear-time.
 
-For tags ``("perception", "think", "answer")`` the score is the sum of:
+For tags ``("perception", "think", "answer")`` (the ``tags`` setting: the authors count
+on ``("vision", "think", "answer")``) the score is the sum of:
 
 - +0.5 for each of the six tags (``<perception>``, ``</perception>``, ...) that occurs
   exactly once in the text, -0.5 for each that does not (absent or repeated);
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ebmrl.rewards.base import RewardBatch, completion_texts, rate
-from ebmrl.tags import DEFAULT_TAGS, as_text
+from ebmrl.tags import DEFAULT_TAGS, as_text, ordered_blocks
 
 TAG_ONCE_BONUS = 0.5
 TAG_COUNT_PENALTY = -0.5
@@ -33,34 +34,9 @@ EDGE_PENALTY = -1.0
 
 
 def blocks_in_order(text: str, tags: Sequence[str] = DEFAULT_TAGS) -> bool:
-    """Whether ``<t1>…</t1>[^<]*<t2>…</t2>[^<]*…<tn>…</tn>`` occurs somewhere in ``text``.
-
-    Why the earliest candidate suffices at every step: block ``i`` may close at any
-    ``</ti>`` found after *some* valid ``<ti>``; the earliest valid ``<ti>`` reaches every
-    closing tag a later one reaches. So we keep only the earliest valid opening of each
-    block, which makes the scan linear (each ``find`` below resumes where the last ended).
-    """
-    if not tags:
-        return False
-    opens = [f"<{t}>" for t in tags]
-    closes = [f"</{t}>" for t in tags]
-    start = text.find(opens[0])
-    if start < 0:
-        return False
-    content_from = start + len(opens[0])
-    for i in range(len(tags) - 1):
-        close_at = text.find(closes[i], content_from)
-        while close_at >= 0:
-            after = close_at + len(closes[i])
-            next_lt = text.find("<", after)
-            # Only '<'-free text may separate the blocks: the next '<' must open block i+1.
-            if next_lt >= 0 and text.startswith(opens[i + 1], next_lt):
-                break
-            close_at = text.find(closes[i], after)
-        else:
-            return False
-        content_from = next_lt + len(opens[i + 1])
-    return text.find(closes[-1], content_from) >= 0
+    """Whether ``<t1>…</t1>[^<]*<t2>…</t2>[^<]*…<tn>…</tn>`` occurs somewhere in ``text``
+    (``ebmrl.tags.ordered_blocks``: the regex search's answer, in linear time)."""
+    return ordered_blocks(text, tags) is not None
 
 
 def format_score(text: object, tags: Sequence[str] = DEFAULT_TAGS) -> float:

@@ -1,33 +1,36 @@
 """The PCG reward's scorer over a Hugging Face VLM with real video input.
 
 ``VideoLikelihoodScorer(model, processor, frame_store)`` computes, for each
-``LikelihoodQuery``, the mean log-probability of the target's tokens after
-``chat_template(prompt, generation prompt) + prefix``, with the clip's frames (read from
-the frame store) as real video input (``pixel_values_videos``, ``video_grid_thw``) built
-by ``ebmrl.models.vlm.encode``. The model is injected, so the GRPO trainer passes its
-frozen reference model instead of loading a copy (in eval mode: dropout would make the
-scores noisy). It may also be bound after construction (``scorer.model = ref``), once the
-trainer that owns it exists.
+``LikelihoodQuery``, the mean log-probability of the target's tokens in the text
+``chat_template(prompt, generation prompt) + prefix + target``, with the clip's frames
+(read from the frame store) as real video input. This is the authors' definition: the
+whole text is tokenized as one string, and the target's tokens are those beyond the
+tokenization of ``chat_template(prompt) + prefix`` (so a token that spans the boundary
+counts as the target's, as in their masking). The model is injected, so the GRPO trainer
+passes its frozen reference model instead of loading a copy (in eval mode: dropout would
+make the scores noisy). It may also be bound after construction (``scorer.model = ref``),
+once the trainer that owns it exists.
 
-Queries are scored ``batch_size`` at a time, one forward pass per batch. Prompt, prefix
-and target are tokenized separately and concatenated, so the target's tokens are known
-exactly; rows are left-padded so every target ends at the last position, and only the
-last ``max target length + 1`` logits are computed (``logits_to_keep``).
-
-Guards against pathological input: a prefix longer than ``max_prefix_tokens`` keeps its
-first and last halves (the ``<perception>`` opening and the ``</think>\\n<answer>`` end
-survive; ``prefix_cuts`` counts these), and the target is cut to ``max_target_tokens``
-(the same cut for the trace and the baseline, so their difference stays comparable).
+Queries are scored ``batch_size`` at a time, one forward pass per batch: rows are
+left-padded so every target ends at the last position, and only the last
+``max target length + 1`` logits are computed (``logits_to_keep``). Each clip's video
+goes through the processor once per call, however many rows share it (the G traces and
+the baseline of a prompt), and its pad token is expanded in the token ids as the
+processor would. Batching gives the numbers of scoring one query at a time through the
+processor (tested). A query whose sequence (video tokens
+included) is longer than ``max_sequence_tokens`` (the authors: 16,384) is not run and
+scores NaN (the PCG reward then gives 0); ``too_long`` counts them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ebmrl.frame_store import FrameStore
-from ebmrl.models.vlm import encode, video_messages
+from ebmrl.models.vlm import encode_texts, strip_none_keys, video_messages
 from ebmrl.rewards.pcg import LikelihoodQuery
 
 
@@ -36,26 +39,26 @@ def clean_conversation(prompt: Any) -> list[dict[str, Any]]:
     to content blocks (the Qwen-VL chat templates would count such text blocks as videos)."""
     if isinstance(prompt, str):
         return video_messages(prompt)
-    messages = []
-    for message in prompt:
-        content = message.get("content")
-        if isinstance(content, list):
-            content = [
-                {k: v for k, v in block.items() if v is not None}
-                if isinstance(block, dict)
-                else block
-                for block in content
-            ]
-        messages.append({**{k: v for k, v in message.items() if v is not None}, "content": content})
-    return messages
+    return strip_none_keys(list(prompt))
 
 
-def middle_cut(ids: list[int], limit: int) -> tuple[list[int], bool]:
-    """Keep the first and last halves of ``ids`` when it is longer than ``limit``."""
-    if len(ids) <= limit:
-        return ids, False
-    head = limit // 2
-    return ids[:head] + ids[len(ids) - (limit - head) :], True
+@dataclass(frozen=True)
+class _ClipVideo:
+    """A clip's video features, computed once per call, shared by every row of the clip."""
+
+    pixels: Any  # pixel_values_videos of the one video
+    grid_thw: Any  # (1, 3)
+    second_per_grid_ts: Any  # (1,) or None (Qwen2-VL)
+    tokens: int  # the video pad token expands to this many tokens
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One query as token ids (video expanded) and its number of target tokens."""
+
+    ids: list[int]
+    clip_id: str
+    target_tokens: int
 
 
 class VideoLikelihoodScorer:
@@ -67,92 +70,111 @@ class VideoLikelihoodScorer:
         processor: Any,
         frame_store: FrameStore,
         batch_size: int = 16,
-        max_prefix_tokens: int = 2048,
-        max_target_tokens: int = 256,
+        max_sequence_tokens: int | None = 16_384,
     ):
-        if batch_size < 1 or max_prefix_tokens < 2 or max_target_tokens < 1:
-            raise ValueError("batch_size >= 1, max_prefix_tokens >= 2, max_target_tokens >= 1")
+        if batch_size < 1 or (max_sequence_tokens is not None and max_sequence_tokens < 1):
+            raise ValueError("batch_size >= 1 and max_sequence_tokens >= 1 (or None)")
         self.model = model
         self.processor = processor
         self.frame_store = frame_store
         self.batch_size = batch_size
-        self.max_prefix_tokens = max_prefix_tokens
-        self.max_target_tokens = max_target_tokens
+        self.max_sequence_tokens = max_sequence_tokens
         self.forward_passes = 0
-        self.prefix_cuts = 0
+        self.too_long = 0
+        tokenizer = processor.tokenizer
+        self._pad_id = tokenizer.convert_tokens_to_ids(processor.video_token)
 
-    def _token_ids(self, text: str) -> list[int]:
-        return list(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _ids(self, text: str) -> list[int]:
+        return list(self.processor.tokenizer(text)["input_ids"])
+
+    def _clip_video(self, frames: Any) -> _ClipVideo:
+        """The processor's own video features of one clip (its pad token alone as text)."""
+        out = encode_texts(self.processor, [self.processor.video_token], [frames])
+        return _ClipVideo(
+            pixels=out["pixel_values_videos"],
+            grid_thw=out["video_grid_thw"],
+            second_per_grid_ts=out.get("second_per_grid_ts"),
+            tokens=int((out["input_ids"][0] == self._pad_id).sum()),
+        )
+
+    def _prepare(self, query: LikelihoodQuery, video: _ClipVideo) -> _Prepared:
+        prompt = self.processor.apply_chat_template(
+            clean_conversation(query.prompt), tokenize=False, add_generation_prompt=True
+        )
+        context = prompt + query.prefix
+        ids = self._ids(context + query.target)  # the whole text, one tokenization
+        if ids.count(self._pad_id) != 1:
+            raise ValueError(
+                f"a PCG query needs exactly one video block in its prompt, got "
+                f"{ids.count(self._pad_id)} (clip {query.clip_id!r})"
+            )
+        target_tokens = len(ids) - len(self._ids(context))
+        at = ids.index(self._pad_id)
+        expanded = ids[:at] + [self._pad_id] * video.tokens + ids[at + 1 :]
+        return _Prepared(expanded, query.clip_id, target_tokens)
 
     def mean_logprob(self, queries: Sequence[LikelihoodQuery]) -> list[float]:
-        frames = {q.clip_id: self.frame_store.frames(q.clip_id) for q in queries}
-        scores: list[float] = []
-        for start in range(0, len(queries), self.batch_size):
-            scores += self._score_batch(queries[start : start + self.batch_size], frames)
+        videos = {
+            clip_id: self._clip_video(self.frame_store.frames(clip_id))
+            for clip_id in dict.fromkeys(q.clip_id for q in queries)
+        }
+        prepared = [self._prepare(q, videos[q.clip_id]) for q in queries]
+        scores = [math.nan] * len(queries)
+        limit = self.max_sequence_tokens
+        todo = []
+        for i, p in enumerate(prepared):
+            if limit is not None and len(p.ids) > limit:
+                self.too_long += 1
+            elif p.target_tokens > 0:
+                todo.append(i)
+        for start in range(0, len(todo), self.batch_size):
+            rows = todo[start : start + self.batch_size]
+            batch = [prepared[i] for i in rows]
+            for i, value in zip(rows, self._score_batch(batch, videos), strict=True):
+                scores[i] = value
         return scores
 
-    def _score_batch(self, queries: Sequence[LikelihoodQuery], frames: dict) -> list[float]:
+    def _score_batch(
+        self, batch: Sequence[_Prepared], videos: dict[str, _ClipVideo]
+    ) -> list[float]:
         import torch
 
-        inputs = encode(
-            self.processor,
-            [clean_conversation(q.prompt) for q in queries],
-            [frames[q.clip_id] for q in queries],
-            add_generation_prompt=True,
-            padding_side="left",
-        )
-        real = inputs["attention_mask"].bool()
-        types = inputs.get("mm_token_type_ids")
-        rows, row_types, target_lengths = [], [], []
-        for i, query in enumerate(queries):
-            prefix, was_cut = middle_cut(self._token_ids(query.prefix), self.max_prefix_tokens)
-            self.prefix_cuts += int(was_cut)
-            target = self._token_ids(query.target)[: self.max_target_tokens]
-            appended = torch.tensor(prefix + target, dtype=inputs["input_ids"].dtype)
-            rows.append(torch.cat([inputs["input_ids"][i][real[i]], appended]))
-            if types is not None:
-                # Appended text is text (type 0): M-RoPE positions follow the vision tokens.
-                row_types.append(torch.cat([types[i][real[i]], torch.zeros_like(appended)]))
-            target_lengths.append(len(target))
-        keep = max(target_lengths) + 1
-        if keep == 1:
-            return [math.nan] * len(queries)  # no target has a token to score
-
-        width = max(len(r) for r in rows)
+        width = max(len(p.ids) for p in batch)
         pad_id = self.processor.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(rows), width), pad_id, dtype=rows[0].dtype)
-        attention_mask = torch.zeros((len(rows), width), dtype=inputs["attention_mask"].dtype)
-        mm_types = torch.zeros((len(rows), width), dtype=rows[0].dtype)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row) :] = row  # left padding: targets end together
-            attention_mask[i, width - len(row) :] = 1
-            if types is not None:
-                mm_types[i, width - len(row) :] = row_types[i]
-        extra = {
-            k: v
-            for k, v in inputs.items()
-            if k not in ("input_ids", "attention_mask", "mm_token_type_ids")
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, p in enumerate(batch):
+            # Left padding: every target ends at the last position.
+            input_ids[i, width - len(p.ids) :] = torch.tensor(p.ids)
+            attention_mask[i, width - len(p.ids) :] = 1
+        types = torch.tensor(self.processor.create_mm_token_type_ids(input_ids.tolist()))
+        types[attention_mask == 0] = 0
+        rows = [videos[p.clip_id] for p in batch]
+        inputs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "mm_token_type_ids": types,
+            "pixel_values_videos": torch.cat([v.pixels for v in rows]),
+            "video_grid_thw": torch.cat([v.grid_thw for v in rows]),
         }
-        if types is not None:
-            extra["mm_token_type_ids"] = mm_types
+        if rows[0].second_per_grid_ts is not None:
+            inputs["second_per_grid_ts"] = torch.cat(
+                [torch.as_tensor(v.second_per_grid_ts).reshape(-1) for v in rows]
+            )
+        keep = max(p.target_tokens for p in batch) + 1
         device = self.model.device
         with torch.no_grad():
             logits = self.model(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                logits_to_keep=keep,
-                **{k: v.to(device) if hasattr(v, "to") else v for k, v in extra.items()},
-            ).logits  # (B, keep, V): positions width-keep .. width-1
+                **{k: v.to(device) for k, v in inputs.items()}, logits_to_keep=keep
+            ).logits  # (B, keep, V): the last `keep` positions
         self.forward_passes += 1
         scores = []
-        for i, n in enumerate(target_lengths):
-            if n == 0:
-                scores.append(math.nan)
-                continue
+        for i, p in enumerate(batch):
+            n = p.target_tokens
             # Logit at position j predicts token j + 1: the n target tokens (the last n
             # positions) are predicted by kept positions keep-n-1 .. keep-2.
             step_logits = logits[i, keep - n - 1 : keep - 1].float()
-            targets = rows[i][-n:].to(step_logits.device)
+            targets = input_ids[i, -n:].to(step_logits.device)
             logp = step_logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
             scores.append(float(logp.mean()))
         return scores

@@ -53,6 +53,5 @@ def pcg_scorer(
         processor,
         frame_store,
         batch_size=pcg.batch_size,
-        max_prefix_tokens=pcg.max_prefix_tokens,
-        max_target_tokens=pcg.max_target_tokens,
+        max_sequence_tokens=pcg.max_sequence_tokens,
     )

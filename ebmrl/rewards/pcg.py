@@ -5,16 +5,22 @@ method.md section 2::
 
     PCG = mean_token log p(y* | x, V, p, t)  -  mean_token log p(y* | x, V)
 
-The assistant text before ``y*`` is ``<perception>{p}</perception>\\n<think>{t}</think>\\n<answer>``
-with the trace (``trace_prefix``) and ``<answer>`` without it (``BASELINE_PREFIX``); the
-mean is over ``y*``'s tokens only. The baseline depends on the prompt only: it is scored
-once per ``prompt_id`` and cached, and each call sends every query of the batch (the G
-traces and the missing baselines) to the scorer together, so the scorer can batch them.
+As the authors condition it (section 6): ``trace_block`` takes the first match of a
+perception block, ``<``-free text, then a think block (their ``re.search`` with
+non-greedy blocks and DOTALL, in linear time), and keeps the two blocks as written, tags
+included, joined by a newline (empty blocks allowed; no match: reward 0). The scorer is
+asked for ``y*`` after ``chat-templated prompt + block + "\n"`` (``trace_prefix``) and
+after the bare prompt (``BASELINE_PREFIX``), each scored as one tokenized string with
+everything before ``y*`` masked (``ebmrl.rewards.likelihood``). The baseline depends on
+the prompt only: it is scored once per ``prompt_id`` and cached, and each call sends every
+query of the batch (the G traces and the missing baselines) to the scorer together, so
+the scorer can batch them.
 
-0 when the perception or the think is missing or empty, or the reference is empty.
-Each block is cut to ``max_block_chars`` characters first (a guard against pathological
-output; reported as ``rewards/pcg/truncation_rate``). With a ``LeakFilter``, think
-sentences that restate the reference are dropped before scoring
+0 when there is no trace block or the reference is empty, or when the scorer cannot
+score a query (NaN: e.g. a sequence over ``max_sequence_tokens``; reported as
+``rewards/pcg/unscored_rate``). Optional guards, off in the paper profile: each block's
+content cut to ``max_block_chars`` characters (``rewards/pcg/truncation_rate``), and the
+``LeakFilter``, which drops think sentences that restate the reference before scoring
 (``rewards/pcg/leak_removal_rate`` = dropped / all think sentences of the batch).
 
 The scorer is injected (``LikelihoodScorer``): ``ebmrl.rewards.likelihood`` implements
@@ -31,14 +37,39 @@ from typing import Any, Protocol
 
 from ebmrl.rewards.base import RewardBatch, check_lengths, completion_texts, rate
 from ebmrl.rewards.leak import LeakFilter
-from ebmrl.tags import parse
+from ebmrl.tags import DEFAULT_TAGS, ordered_blocks
 
-BASELINE_PREFIX = "<answer>"
+BASELINE_PREFIX = ""
 
 
-def trace_prefix(perception: str, think: str) -> str:
+def trace_block(text: str, tags: Sequence[str] = DEFAULT_TAGS) -> str | None:
+    """The perception and think blocks the authors condition on, or None.
+
+    The first match of ``(<p>.*?</p>)[^<]*(<t>.*?</t>)`` (DOTALL) in ``text``, the two
+    groups joined by a newline: tags and inner text as written, the gap dropped.
+    """
+    spans = ordered_blocks(text, (tags[0], tags[1]))
+    if spans is None:
+        return None
+    perception, think = spans
+    return f"{text[perception.start : perception.end]}\n{text[think.start : think.end]}"
+
+
+def trace_prefix(block: str) -> str:
     """The assistant text that conditions ``y*`` when the trace is given."""
-    return f"<perception>{perception}</perception>\n<think>{think}</think>\n<answer>"
+    return f"{block}\n"
+
+
+@dataclass(frozen=True)
+class _Trace:
+    """A completion's trace block, as two contents to rebuild it from."""
+
+    perception: str
+    think: str
+
+    def block(self, tags: Sequence[str]) -> str:
+        p, t = tags[0], tags[1]
+        return f"<{p}>{self.perception}</{p}>\n<{t}>{self.think}</{t}>"
 
 
 @dataclass(frozen=True)
@@ -56,7 +87,8 @@ class LikelihoodQuery:
 
 
 class LikelihoodScorer(Protocol):
-    """Mean token log-probability of each query's target (NaN if it has no tokens)."""
+    """Mean token log-probability of each query's target; NaN for a query it cannot score
+    (no target token, or a sequence over its length limit)."""
 
     def mean_logprob(self, queries: Sequence[LikelihoodQuery]) -> list[float]: ...
 
@@ -77,12 +109,14 @@ class PerceptualCognitiveReward:
         self,
         scorer: LikelihoodScorer,
         leak_filter: LeakFilter | None = None,
-        max_block_chars: int = 8192,
+        max_block_chars: int | None = 8192,
         max_cached_baselines: int = 100_000,
+        tags: Sequence[str] = DEFAULT_TAGS,
     ):
         self.scorer = scorer
         self.leak_filter = leak_filter
         self.max_block_chars = max_block_chars
+        self.tags = (str(tags[0]), str(tags[1]))
         self.max_cached_baselines = max_cached_baselines
         self._baselines: dict[str, _Baseline] = {}
 
@@ -106,27 +140,32 @@ class PerceptualCognitiveReward:
             self._baselines.pop(next(iter(self._baselines)))  # oldest first
         self._baselines[prompt_id] = _Baseline(clip_id, target, value)
 
-    def _traces(self, texts: list[str], refs: list[str]) -> tuple[dict[int, tuple[str, str]], int]:
-        """Rows to score -> (perception, think), each block cut to ``max_block_chars``;
-        and how many rows were cut."""
+    def _traces(self, texts: list[str], refs: list[str]) -> tuple[dict[int, _Trace], int]:
+        """Rows to score -> their trace (each block's content cut to ``max_block_chars``
+        when set), and how many rows were cut."""
         traces, cut = {}, 0
+        limit = self.max_block_chars
         for i, text in enumerate(texts):
-            blocks = parse(text, ("perception", "think"), aliases={})
-            p, t = blocks.perception, blocks.think
-            if not (p and t and refs[i]):
+            if not refs[i]:
                 continue
-            cut += int(max(len(p), len(t)) > self.max_block_chars)
-            traces[i] = (p[: self.max_block_chars], t[: self.max_block_chars])
+            spans = ordered_blocks(text, self.tags)
+            if spans is None:
+                continue
+            p, t = (text[s.inner_start : s.inner_end] for s in spans)
+            if limit is not None and max(len(p), len(t)) > limit:
+                cut += 1
+                p, t = p[:limit], t[:limit]
+            traces[i] = _Trace(p, t)
         return traces, cut
 
-    def _filter_leaks(self, traces: dict[int, tuple[str, str]], refs: list[str]) -> tuple[int, int]:
+    def _filter_leaks(self, traces: dict[int, _Trace], refs: list[str]) -> tuple[int, int]:
         """Drop think sentences that restate the reference, in place; (removed, total)."""
         if self.leak_filter is None or not traces:
             return 0, 0
         rows = list(traces)
-        filtered = self.leak_filter.filter([traces[i][1] for i in rows], [refs[i] for i in rows])
+        filtered = self.leak_filter.filter([traces[i].think for i in rows], [refs[i] for i in rows])
         for i, f in zip(rows, filtered, strict=True):
-            traces[i] = (traces[i][0], f.text)
+            traces[i] = _Trace(traces[i].perception, f.text)
         return sum(f.removed for f in filtered), sum(f.total for f in filtered)
 
     def _baselines_needed(
@@ -175,8 +214,8 @@ class PerceptualCognitiveReward:
             for i in missing.values()
         ]
         queries += [
-            LikelihoodQuery(prompts[i], clip_ids[i], trace_prefix(p, t), refs[i])
-            for i, (p, t) in traces.items()
+            LikelihoodQuery(prompts[i], clip_ids[i], trace_prefix(trace.block(self.tags)), refs[i])
+            for i, trace in traces.items()
         ]
         scores = self.scorer.mean_logprob(queries) if queries else []
         if len(scores) != len(queries):
@@ -186,12 +225,15 @@ class PerceptualCognitiveReward:
             self._remember(pid, clip_ids[i], refs[i], value)
 
         values = [0.0] * n
+        unscored = 0
         for i, with_trace in zip(traces, scores[len(missing) :], strict=True):
             gain = with_trace - baselines[str(prompt_ids[i])]
             values[i] = gain if math.isfinite(gain) else 0.0
+            unscored += int(not math.isfinite(gain))
         metrics = {
             "rewards/pcg/missing_rate": rate(n - len(traces), n),
             "rewards/pcg/truncation_rate": rate(cut, len(traces)),
+            "rewards/pcg/unscored_rate": rate(unscored, len(traces)),
             "rewards/pcg/baseline_queries": float(len(missing)),
         }
         if self.leak_filter is not None:

@@ -12,8 +12,9 @@ its reward's diagnostics (truncation, missing-block and leak-filter rates) throu
 ``log_metric``.
 
 Columns read (the team's GRPO dataset contract): ``clip_id`` (clip, CLIP and PCG),
-``reference`` (answer, PCG), ``prompt_id`` (PCG baseline cache); the conversation itself
-arrives as ``prompts``.
+``reference`` (answer, PCG), ``prompt_id`` (PCG baseline cache), optionally
+``problem_type`` (answer: only free-form rows are scored); the conversation itself
+arrives as ``prompts``. Tag names come from params.yaml ``tags``.
 
 ``build_reward_funcs(params, ...)`` returns the functions of the rewards whose weight is
 not 0 (a zero-weight reward is not computed, so its model need not be loaded), their
@@ -77,11 +78,12 @@ def answer_reward_func(reward: AnswerReward) -> RewardFunc:
         completion_ids: Sequence[Any] | None = None,
         *,
         reference: Sequence[str],
+        problem_type: Sequence[str | None] | None = None,
         log_metric: LogMetric | None = None,
         **_: Any,
     ) -> list[float]:
         """BERTScore F1 of each ``<answer>`` against the ``reference`` column."""
-        return _report(reward.score(completions, reference), log_metric)
+        return _report(reward.score(completions, reference, problem_type), log_metric)
 
     return answer
 
@@ -134,13 +136,9 @@ class RewardSetup:
         return [f.__name__ for f in self.funcs]
 
     def grpo_config_kwargs(self) -> dict[str, Any]:
-        """Arguments for ``trl.GRPOConfig`` (group-level scaling, as the paper normalises
-        within each group)."""
-        return {
-            "reward_weights": list(self.weights),
-            "multi_objective_aggregation": self.aggregation,
-            "scale_rewards": "group",
-        }
+        """Arguments for ``trl.GRPOConfig``: the weights (TRL logs the weighted ``reward``
+        with them). The aggregation goes to ``VideoGRPOTrainer(aggregation=...)``."""
+        return {"reward_weights": list(self.weights)}
 
 
 def _require(dependency: object, what: str, reward: str) -> None:
@@ -168,16 +166,18 @@ def build_reward_funcs(
     ``rewards.pcg.leak_filter.enabled``, ``sentence_embedder``.
     """
     section = params.rewards
+    tags = params.tag_names()
     weights = section.weights.model_dump()
     funcs: list[RewardFunc] = []
     for name in REWARD_NAMES:
         if weights[name] == 0:
             continue
         if name == "format":
-            funcs.append(format_reward_func())
+            funcs.append(format_reward_func(FormatReward(tags)))
         elif name == "answer":
             _require(answer_scorer, "answer_scorer (a BERTScorer)", name)
-            funcs.append(answer_reward_func(AnswerReward(answer_scorer, section.answer.batch_size)))
+            reward = AnswerReward(answer_scorer, section.answer.batch_size, answer_tag=tags.answer)
+            funcs.append(answer_reward_func(reward))
         elif name == "clip":
             _require(clip_encoder, "clip_encoder", name)
             _require(frame_store, "frame_store", name)
@@ -187,6 +187,8 @@ def build_reward_funcs(
                 mode=section.clip.mode,
                 topk_fraction=section.clip.topk_fraction,
                 max_sentences=section.clip.max_sentences,
+                sentence_rule=section.clip.sentence_rule,
+                perception_tag=tags.perception,
             )
             funcs.append(clip_reward_func(reward))
         else:
@@ -196,7 +198,10 @@ def build_reward_funcs(
                 _require(sentence_embedder, "sentence_embedder (leak filter enabled)", name)
                 leak = LeakFilter(sentence_embedder, section.pcg.leak_filter.threshold)
             reward = PerceptualCognitiveReward(
-                pcg_scorer, leak_filter=leak, max_block_chars=section.pcg.max_block_chars
+                pcg_scorer,
+                leak_filter=leak,
+                max_block_chars=section.pcg.max_block_chars,
+                tags=tags,
             )
             funcs.append(pcg_reward_func(reward))
     return RewardSetup(

@@ -1,14 +1,16 @@
 """``ebmrl annotate``: visual descriptions of the clips by a VLM (params: ``annotate``,
 ``models.vlm``/``dtype``/``device``/``attn_implementation`` for the local backend).
 
-Writes ``<out>/annotations.jsonl`` (one row per ok clip) and ``<out>/report.json``;
-finished requests live in the append-only cache ``<cache>/responses.jsonl``, which
-survives crashes and reruns (dvc.yaml marks it ``persist``).
+Writes ``<out>/annotations.jsonl`` (one row per ok clip) and ``<out>/report.json`` (what
+was described, by which model); finished requests live in the append-only cache
+``<cache>/responses.jsonl``, which survives crashes and reruns (dvc.yaml marks it
+``persist``). Run statistics (cache hits, requests, retries, seconds) go to the log.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -38,12 +40,8 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.data.annotate import AnnotateSettings, annotate_clips
     from ebmrl.data.ingest import read_manifest
     from ebmrl.data.jsonl import write_jsonl
-    from ebmrl.frame_store import (
-        FrameStoreError,
-        MissingClipError,
-        ShardedFrameStore,
-        require_clips,
-    )
+    from ebmrl.exit_codes import EXIT_TRANSIENT
+    from ebmrl.frame_store import ShardedFrameStore, require_clips
     from ebmrl.io import write_json
 
     section = params.annotate
@@ -53,13 +51,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
             update={"kind": "http", "base_url": args.base_url}
         )
     out = Path(args.out or section.out)
-    try:
-        clips = read_manifest(Path(args.ingest or section.ingest), ok_only=True)
-        store = ShardedFrameStore.open(args.frames or section.frames)
-        require_clips(store, [c.clip_id for c in clips])
-    except (FileNotFoundError, FrameStoreError, MissingClipError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    clips = read_manifest(Path(args.ingest or section.ingest), ok_only=True)
+    store = ShardedFrameStore.open(args.frames or section.frames)
+    require_clips(store, [c.clip_id for c in clips])
     gen = section.generation
     settings = AnnotateSettings(
         max_frames=section.max_frames,
@@ -67,6 +61,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
         temperature=gen.temperature,
         top_p=gen.top_p,
         seed=gen.seed,
+        max_words=section.max_words,
     )
     backend = make_backend(backend_section, params.models)
     cache = ResponseCache(Path(args.cache or section.cache) / "responses.jsonl")
@@ -90,6 +85,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
         f"({stats['cached_before']} cached, {stats['requested']} requested, "
         f"{stats['client']['retries']} retries) in {stats['seconds']}s"
     )
+    print(f"annotate run: {json.dumps(stats)}")
     if result.failures:
         for failure in result.failures[:20]:
             print(
@@ -101,8 +97,16 @@ def run(params: Params, args: argparse.Namespace) -> int:
             "are cached: rerun to retry only the missing ones",
             file=sys.stderr,
         )
-        return 1
+        # Only transient failures (the endpoint down or overloaded): a retry may succeed.
+        return EXIT_TRANSIENT if all(f["retryable"] for f in result.failures) else 1
     write_jsonl(out / "annotations.jsonl", result.annotations)
-    write_json(out / "report.json", {**stats, "model_id": backend.model_id, "failures": []})
+    # Only what the inputs determine: a DVC output, the same bytes on every run.
+    report = {
+        "clips": len(result.annotations),
+        "empty_descriptions": stats["empty_descriptions"],
+        "model_id": backend.model_id,
+        "prompt_hash": settings.prompt_hash(),
+    }
+    write_json(out / "report.json", report)
     print(f"  -> {out / 'annotations.jsonl'}")
     return 0

@@ -9,7 +9,14 @@ Writes ``evaluate.metrics`` (``metrics/eval.json``, for ``dvc metrics``),
 ``index.html`` (offline report) + ``results.json`` (every sample, every score). Outputs
 and judgements are cached under ``evaluate.cache``: a rerun regenerates and re-judges
 only what changed. A sample that cannot be scored (missing clip, judge down, a judge
-that answers in prose) is reported with its reason; the stage still finishes.
+that answers in prose) is reported with its reason; the stage still finishes. Run
+statistics (requests, cache hits, retries, seconds) go to the log and MLflow, not into
+those files: the same inputs give the same bytes however much was cached.
+
+Decoding is ``evaluate.decoding`` (greedy by default; the paper profile samples as the
+authors). With ``evaluate.judge.protocol: authors`` the judge scores a seeded random
+subset the authors' way and the metrics, the MLflow run and the report carry the
+authors' averages beside ours, each labelled with its protocol.
 """
 
 from __future__ import annotations
@@ -28,18 +35,26 @@ HELP = "evaluate the systems: VEG/SPC/CN judge, BERTScore/ROUGE-L/CLIPScore/form
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-samples", type=int, help="default: evaluate.max_samples")
     parser.add_argument(
-        "--judge-url", help="judge with this OpenAI-compatible endpoint (sets backend.kind: http)"
+        "--judge-base-url",
+        "--judge-url",
+        dest="judge_base_url",
+        help="judge with this OpenAI-compatible endpoint (judge.backend.base_url; sets "
+        "judge.backend.kind: http)",
     )
-    parser.add_argument("--judge-model", help="model name at --judge-url")
-    parser.add_argument("--no-judge", action="store_true", help="automatic metrics only")
+    parser.add_argument(
+        "--judge-model", help="model name at --judge-base-url (judge.backend.model)"
+    )
+    parser.add_argument(
+        "--no-judge", action="store_true", help="automatic metrics only (judge.enabled: false)"
+    )
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
 
 def _judge_section(params: Params, args: argparse.Namespace):
     judge = params.evaluate.judge
-    if args.judge_url:
+    if args.judge_base_url:
         backend = judge.backend.model_copy(
-            update={"kind": "http", "base_url": args.judge_url, "model": args.judge_model}
+            update={"kind": "http", "base_url": args.judge_base_url, "model": args.judge_model}
         )
         judge = judge.model_copy(update={"backend": backend, "serve_local": False})
     return judge
@@ -48,8 +63,10 @@ def _judge_section(params: Params, args: argparse.Namespace):
 def _reward_history(path: str | None) -> list | None:
     if not path or not Path(path).is_file():
         return None
+    from ebmrl.io import read_json
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json(path)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, list) else None
@@ -58,10 +75,12 @@ def _reward_history(path: str | None) -> list | None:
 def _videoqa_summaries(folder: str | None) -> dict:
     if not folder or not Path(folder).is_dir():
         return {}
+    from ebmrl.io import read_json
+
     out = {}
     for path in sorted(Path(folder).glob("*.json")):
         try:
-            out[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+            out[path.stem] = read_json(path)
         except (OSError, ValueError):
             continue
     return out
@@ -88,16 +107,20 @@ def _about(section, models, judge_section, judged: bool, samples) -> dict:
 
 def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl import tracking
-    from ebmrl.backends import GenerationClient, ResponseCache, concurrency, retry_policy
-    from ebmrl.config import BackendSection
+    from ebmrl.backends import (
+        GenerationClient,
+        ResponseCache,
+        concurrency,
+        retry_policy,
+        system_backend,
+    )
     from ebmrl.data.dataset import load_dataset_profiles, load_split
     from ebmrl.eval import pipeline
     from ebmrl.eval.generation import load_clip_frames
     from ebmrl.eval.judge import Judge
     from ebmrl.eval.report import render_report
-    from ebmrl.frame_store import FrameStoreError, ShardedFrameStore
+    from ebmrl.frame_store import ShardedFrameStore
     from ebmrl.io import atomic_write_text, write_json
-    from ebmrl.schema import SchemaError
 
     section, models = params.evaluate, params.models
     started = time.perf_counter()
@@ -105,13 +128,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(section.torch_threads)
-    try:
-        samples = load_split(section.dataset, section.split)
-        profiles = load_dataset_profiles(section.dataset)
-        store = ShardedFrameStore.open(section.frames)
-    except (FileNotFoundError, FrameStoreError, SchemaError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    samples = load_split(section.dataset, section.split)
+    profiles = load_dataset_profiles(section.dataset)
+    store = ShardedFrameStore.open(section.frames)
     limit = args.max_samples or section.max_samples
     samples = samples[:limit] if limit else samples
     if not samples:
@@ -126,10 +145,12 @@ def run(params: Params, args: argparse.Namespace) -> int:
     judgement_cache = ResponseCache(cache_dir / "judgements.jsonl")
     clips = load_clip_frames(samples, store)
 
+    requests = section.system_requests
+
     def client_for(system):
         def make() -> GenerationClient:
-            backend = pipeline.system_backend(system, models, section.torch_threads)
-            return GenerationClient(backend, outputs_cache, retry_policy(BackendSection()))
+            backend = system_backend(system, models, requests, section.torch_threads)
+            return GenerationClient(backend, outputs_cache, retry_policy(requests))
 
         return make
 
@@ -142,9 +163,12 @@ def run(params: Params, args: argparse.Namespace) -> int:
                 samples,
                 profiles,
                 clips,
-                [(s.name, client_for(s)) for s in section.systems],
+                [(s, client_for(s)) for s in section.systems],
                 max_new_tokens=section.max_new_tokens,
+                decoding=section.decoding,
+                concurrency=requests.concurrency,
                 progress=True,
+                tags=params.tag_names(),
             )
             bert = clip = None
             if section.automatic.bertscore:
@@ -164,6 +188,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
             kwargs = dict(
                 judge_metrics=judge_section.metrics,
                 pairs=pairs,
+                judge_subset=judge_section.subset_size(),
+                subset_seed=judge_section.subset_seed,
+                judge_frame_source=judge_section.frame_source,
                 judge_frame_count=judge_section.frames,
                 judge_frame_side=judge_section.frame_max_side,
                 bert=bert,
@@ -181,6 +208,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
                         max_attempts=judge_section.max_attempts,
                         max_tokens=judge_section.max_tokens,
                         seed=judge_section.seed,
+                        protocol=judge_section.protocol,
                     )
                     result = pipeline.evaluate_outputs(
                         samples,
@@ -192,7 +220,12 @@ def run(params: Params, args: argparse.Namespace) -> int:
                         judge_concurrency=concurrency(judge_section.backend, backend),
                         **kwargs,
                     )
-                    judge_info = {"judge": judge.model_id, "rubric": judge.version}
+                    judge_info = {
+                        "judge": judge.model_id,
+                        "rubric": judge.version,
+                        "judge protocol": judge_section.protocol,
+                        "judged samples": len(result.judged),
+                    }
             else:
                 result = pipeline.evaluate_outputs(
                     samples, profiles, store, clips, per_system, **kwargs
@@ -202,20 +235,31 @@ def run(params: Params, args: argparse.Namespace) -> int:
             outputs_cache.close()
             judgement_cache.close()
             store.close()
+        decoding = section.decoding
         report = {
             "title": "EBM-RL evaluation",
             "about": _about(section, models, judge_section, judged, samples),
             "info": {
                 "split": section.split,
                 "samples": len(samples),
+                "decoding": (
+                    "greedy"
+                    if decoding.temperature == 0
+                    else f"sampled (temperature {decoding.temperature:g}, top-p "
+                    f"{decoding.top_p:g}, seed {decoding.seed})"
+                ),
                 **judge_info,
             },
             "systems": result.systems,
+            "system_settings": {
+                s.name: {"prompt": s.prompt, "frames": s.frames} for s in section.systems
+            },
+            "judge_protocol": result.judge_protocol,
+            "judged": result.judged,
             "judge_metrics": result.judge_metrics,
             "judge": result.judge,
             "auto": result.auto,
             "pairwise": result.pairwise,
-            "judge_stats": result.judge_stats,
             "videoqa": _videoqa_summaries(section.videoqa_metrics),
             "plot_rows": result.plot_rows,
             "reward_history": _reward_history(section.training_log),
@@ -224,18 +268,26 @@ def run(params: Params, args: argparse.Namespace) -> int:
         out = Path(section.out)
         results = {
             **{k: v for k, v in report.items() if k != "samples"},
-            "generation": generation_stats,
             "samples": [{k: v for k, v in r.items() if k != "frames"} for r in result.records],
+        }
+        run_stats = {
+            "generation": generation_stats,
+            "judge": result.judge_stats,
+            "seconds": round(time.perf_counter() - started, 2),
         }
         write_json(out / "results.json", results)
         atomic_write_text(out / "index.html", render_report(report))
         write_json(section.metrics, result.metrics)
         write_json(section.plot_data, result.plot_rows)
         if mlflow is not None:
-            flat = tracking.flatten(result.metrics)
-            mlflow.log_metrics({k.replace(".", "/"): float(v) for k, v in flat.items()})
+            mlflow.log_metrics(tracking.metric_values(result.metrics))
+            mlflow.log_metrics(tracking.metric_values({"run": run_stats}))
+            if result.judge_protocol:
+                # ".../judge/<metric>" is ours; ".../judge/authors/<metric>" the authors'.
+                mlflow.set_tag("ebmrl.judge_protocol", result.judge_protocol)
             mlflow.log_artifact(str(out / "index.html"))
             mlflow.log_artifact(str(out / "results.json"))
+    print(f"evaluate run: {json.dumps(run_stats)}")
     _print_summary(result, out, time.perf_counter() - started)
     return 0
 
@@ -254,6 +306,10 @@ def _print_summary(result, out: Path, seconds: float) -> None:
             entry = result.judge[system]
             for metric in result.judge_metrics:
                 line += f" {metric}={entry.get(metric)} ({entry.get(f'{metric}_scored')} scored)"
+            authors = entry.get("authors")
+            if authors:
+                shown = " ".join(f"{m}={authors.get(m)}" for m in result.judge_metrics)
+                line += f" [authors' protocol: {shown}]"
             if entry.get("not_scored_reasons"):
                 line += f" not scored: {entry['not_scored_reasons']}"
         print(line)

@@ -5,8 +5,10 @@ Starts from the SFT checkpoint (``grpo.init_model``), also the frozen reference 
 KL term and the PCG reward (the PCG scorer reuses the trainer's reference model).
 Checkpoints every ``grpo.save_steps``; a rerun after a crash resumes from the last one
 and stops at the configured step count. Writes ``<grpo.out>/final``,
-``metrics/grpo.json`` (first- vs last-window reward means, per component) and
-``metrics/grpo_log.json`` (every logged step, for ``dvc plots``).
+``grpo.metrics`` (``metrics/grpo.json``: first- vs last-window reward means, per
+component) and ``grpo.log_history`` (``metrics/grpo_log.json``: every logged step, for
+``dvc plots``). Timings (TRL's ``step_time``, the stage's seconds) go to MLflow and the
+log, not into those files.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from ebmrl.config import Params
 
@@ -22,19 +25,18 @@ HELP = "EBM-RL GRPO: format, answer (BERTScore), CLIP and PCG rewards on video"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    parser.add_argument("--metrics", default="metrics/grpo.json", help="default: %(default)s")
-    parser.add_argument(
-        "--log-history", default="metrics/grpo_log.json", help="default: %(default)s"
-    )
+    parser.add_argument("--metrics", help="metrics file (default: grpo.metrics)")
+    parser.add_argument("--log-history", help="per-step log (default: grpo.log_history)")
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl import tracking
     from ebmrl.io import write_json
     from ebmrl.stages.inputs import prepare_training_stage
-    from ebmrl.train.grpo import train_grpo
+    from ebmrl.train.grpo import grpo_rows, train_grpo
 
     section, models = params.grpo, params.models
+    started = time.perf_counter()
     if section.use_vllm:
         from ebmrl.exit_codes import EXIT_INVALID
         from ebmrl.train.vllm_video import vllm_unavailable_reason
@@ -43,7 +45,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
         if reason:  # before any model is loaded
             print(f"error: grpo.use_vllm: {reason}", file=sys.stderr)
             return EXIT_INVALID
-    is_main, inputs, model, processor = prepare_training_stage(section, models, section.init_model)
+    is_main, inputs, model, processor = prepare_training_stage(
+        section, models, section.init_model, lambda inputs: grpo_rows(inputs, params.tag_names())
+    )
     tracked = not args.no_tracking and is_main
     logged = {
         "grpo": section.model_dump(),
@@ -70,10 +74,11 @@ def run(params: Params, args: argparse.Namespace) -> int:
         if mlflow is not None:
             numbers = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
             mlflow.log_metrics({f"summary/{k}": v for k, v in numbers.items()})
+            mlflow.log_metric("stage_seconds", time.perf_counter() - started)
             mlflow.set_tag("ebmrl.model_path", str(result.final_dir.resolve()))
     if is_main:
-        write_json(args.metrics, result.metrics)
-        write_json(args.log_history, result.log_history)
+        write_json(args.metrics or section.metrics, result.metrics)
+        write_json(args.log_history or section.log_history, result.log_history)
         print(json.dumps(result.metrics, indent=2))
-        print(f"GRPO model: {result.final_dir}")
+        print(f"GRPO model: {result.final_dir} ({time.perf_counter() - started:.1f}s)")
     return 0

@@ -20,22 +20,63 @@ HELP = "list and probe source videos (folder or s3://), quarantine bad files, im
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="folder or s3://bucket/prefix (default: ingest.source)")
     parser.add_argument("--out", help="output folder (default: ingest.out)")
-    parser.add_argument(
+    records = parser.add_mutually_exclusive_group()
+    records.add_argument(
         "--records",
         action="append",
         help="released-format records file (repeatable; default: ingest.records)",
+    )
+    records.add_argument(
+        "--no-records",
+        dest="records",
+        action="store_const",
+        const=[],
+        help="import no records (videos only)",
     )
     parser.add_argument(
         "--strict", action="store_true", default=None, help="fail on any quarantine"
     )
     parser.add_argument(
-        "--workers", type=int, default=4, help="files probed at once (default: %(default)s)"
+        "--workers", type=int, help="files probed at once (default: ingest.workers)"
     )
+
+
+def _missing(uris: list[str]) -> list[str]:
+    import fsspec
+
+    missing = []
+    for uri in uris:
+        fs, path = fsspec.core.url_to_fs(uri)
+        if not fs.exists(path):
+            missing.append(uri)
+    return missing
+
+
+def check_inputs(source: str, records: list[str], args: argparse.Namespace) -> None:
+    """The source and every records file exist, else a ``ConfigError`` naming the key
+    (or the flag) that points at them, before any video is probed."""
+    from ebmrl.config import ConfigError
+
+    problems = []
+    if _missing([source]):
+        key = "--source" if args.source else "ingest.source"
+        problems.append((key, f"{source} does not exist"))
+    for uri in _missing(records):
+        key = "--records" if args.records else "ingest.records"
+        problems.append(
+            (
+                key,
+                f"{uri} does not exist (no records to import: ingest.records: [] or --no-records)",
+            )
+        )
+    if problems:
+        raise ConfigError(args.params, problems)
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.data import ingest
     from ebmrl.data.jsonl import write_samples
+    from ebmrl.exit_codes import EXIT_INVALID
     from ebmrl.io import write_json
 
     section = params.ingest
@@ -43,20 +84,17 @@ def run(params: Params, args: argparse.Namespace) -> int:
     out = Path(args.out or section.out)
     records = args.records if args.records is not None else section.records
     strict = section.strict if args.strict is None else args.strict
+    check_inputs(source, records, args)
     started = time.perf_counter()
-    try:
-        result = ingest.ingest(
-            source,
-            records=records,
-            extensions=section.extensions,
-            limits=ingest.Limits(**section.limits.model_dump()),
-            verify_decode=section.verify_decode,
-            workers=args.workers,
-            progress=True,
-        )
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = ingest.ingest(
+        source,
+        records=records,
+        extensions=section.extensions,
+        limits=ingest.Limits(**section.limits.model_dump()),
+        verify_decode=section.verify_decode,
+        workers=section.workers if args.workers is None else args.workers,
+        progress=True,
+    )
     ingest.write_manifest(out / "manifest.parquet", result.clips)
     write_samples(out / "samples.jsonl", result.samples)
     report = result.report()
@@ -79,5 +117,5 @@ def run(params: Params, args: argparse.Namespace) -> int:
             f"{counts['records_rejected']} record(s) rejected (see {out / 'report.json'})",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_INVALID
     return 0

@@ -17,10 +17,12 @@ def load_training_inputs(dataset_dir: str, frames_dir: str) -> TrainingInputs:
     )
 
 
-def prepare_training_stage(section, models, start_model: str):
+def prepare_training_stage(section, models, start_model: str, check_inputs=None):
     """What both training stages do first: threads, inputs, the model to start from.
 
-    Returns ``(is_main_process, inputs, model, processor)``.
+    ``check_inputs(inputs)`` validates the inputs (raising a named error) before the
+    model is loaded or any MLflow run is opened. Returns
+    ``(is_main_process, inputs, model, processor)``.
     """
     from accelerate import PartialState
 
@@ -31,6 +33,8 @@ def prepare_training_stage(section, models, start_model: str):
 
         torch.set_num_threads(section.torch_threads)
     inputs = load_training_inputs(section.dataset, section.frames)
+    if check_inputs is not None:
+        check_inputs(inputs)
     model, processor = load_vlm(
         start_model,
         dtype=models.dtype,

@@ -1,8 +1,10 @@
 """``ebmrl serve``: an OpenAI-compatible chat server for a local VLM (not a DVC stage).
 
 Defaults come from ``models`` in params.yaml (``--model`` overrides ``models.vlm``).
-Fault injection (``--fail-rate``, ``--fail-status``, ``--latency-s``) exists for retry
-tests and throughput benchmarks.
+The model is loaded before the server listens, so a wrong model fails at once (exit 2).
+Requests are bounded (``--max-body-mb``: 413; a prompt over the model's context: 400;
+``--max-queue`` completions at once, more: 503). Fault injection (``--fail-rate``,
+``--fail-status``, ``--latency-s``) exists for retry tests and throughput benchmarks.
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted"
     )
+    # Defaults: ebmrl.serve (16 MiB, 8, 64), not imported here to keep the CLI light.
+    parser.add_argument(
+        "--max-body-mb", type=float, help="largest request body in MiB; larger: 413 (16)"
+    )
+    parser.add_argument(
+        "--max-queue", type=int, help="completions admitted at once, running or waiting (8)"
+    )
+    parser.add_argument(
+        "--max-connections", type=int, help="open connections, one thread each (64)"
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request")
 
 
@@ -50,6 +62,7 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
+    from ebmrl import serve
     from ebmrl.backends.local import LocalVLMBackend
     from ebmrl.serve import ChatServer, Faults
 
@@ -71,15 +84,27 @@ def run(params: Params, args: argparse.Namespace) -> int:
         device=models.device,
         attn_implementation=models.attn_implementation,
     )
-    server = ChatServer(
-        backend,
-        model_name=args.model_name or str(model),
-        host=args.host,
-        port=args.port,
-        faults=faults,
-        max_tokens_limit=args.max_tokens_limit,
-        verbose=args.verbose,
-    )
+    backend.load()  # a model that cannot load fails here (ModelLoadError: exit 2)
+    try:
+        server = ChatServer(
+            backend,
+            model_name=args.model_name or str(model),
+            host=args.host,
+            port=args.port,
+            faults=faults,
+            max_tokens_limit=args.max_tokens_limit,
+            max_body_bytes=serve.MAX_BODY_BYTES
+            if args.max_body_mb is None
+            else int(args.max_body_mb * (1 << 20)),
+            max_queue=serve.MAX_QUEUE if args.max_queue is None else args.max_queue,
+            max_connections=serve.MAX_CONNECTIONS
+            if args.max_connections is None
+            else args.max_connections,
+            verbose=args.verbose,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _stop)
     # Tests and scripts read this line to learn the port (useful with --port 0).
     print(f"serving {server.model_name} on {server.url}", flush=True)

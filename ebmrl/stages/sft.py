@@ -3,14 +3,17 @@
 Trains on the train split's samples that carry a reference perception + think, loss on
 the assistant turn only; checkpoints every ``sft.save_steps`` and resumes from the last
 one when rerun after a crash; writes ``<sft.out>/final`` (loadable with
-``from_pretrained``) and ``metrics/sft.json`` (format reward of greedy generations on
-held-out samples, before and after training).
+``from_pretrained``) and ``sft.metrics`` (``metrics/sft.json``: format reward of greedy
+generations on held-out samples, before and after training). The inputs are checked
+before the model is loaded and before the MLflow run opens; timings go to MLflow and
+the log, not into the metrics file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from ebmrl.config import Params
@@ -20,17 +23,23 @@ HELP = "CoT-SFT: teach the <perception><think><answer> format on video samples"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    parser.add_argument("--metrics", default="metrics/sft.json", help="default: %(default)s")
+    parser.add_argument("--metrics", help="metrics file (default: sft.metrics)")
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl import tracking
     from ebmrl.io import write_json
     from ebmrl.stages.inputs import prepare_training_stage
-    from ebmrl.train.sft import train_sft
+    from ebmrl.train.sft import sft_rows, train_sft
 
-    section, models = params.sft, params.models
-    is_main, inputs, model, processor = prepare_training_stage(section, models, models.vlm)
+    section, models, tags = params.sft, params.models, params.tag_names()
+    started = time.perf_counter()
+    is_main, inputs, model, processor = prepare_training_stage(
+        section,
+        models,
+        models.vlm,
+        lambda inputs: sft_rows(inputs, section.eval_samples, tags, section.target_layout),
+    )
     tracked = not args.no_tracking and is_main
     logged = {"sft": section.model_dump(), "models": models.model_dump()}
     with tracking.stage_run("sft", params.tracking, logged, enabled=tracked) as mlflow:
@@ -42,16 +51,18 @@ def run(params: Params, args: argparse.Namespace) -> int:
             processor=processor,
             report_to=["mlflow"] if tracked else [],
             is_main_process=is_main,
+            tags=tags,
         )
         if mlflow is not None:
             numbers = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
             mlflow.log_metrics({f"heldout/{k}": v for k, v in numbers.items()})
+            mlflow.log_metric("stage_seconds", time.perf_counter() - started)
             mlflow.log_text(
                 json.dumps(result.held_out_generations, indent=2), "heldout_generations.json"
             )
             mlflow.set_tag("ebmrl.model_path", str(result.final_dir.resolve()))
     if is_main:
-        write_json(args.metrics, result.metrics)
+        write_json(args.metrics or section.metrics, result.metrics)
         print(json.dumps(result.metrics, indent=2))
-        print(f"SFT model: {Path(result.final_dir)}")
+        print(f"SFT model: {Path(result.final_dir)} ({time.perf_counter() - started:.1f}s)")
     return 0

@@ -2,12 +2,15 @@
 ``models.vlm``/``dtype``/``device``/``attn_implementation`` for a local backend).
 
 Writes ``<out>/train.jsonl``, ``<out>/test.jsonl`` (our ``Sample`` schema; load with
-``ebmrl.data.dataset.load_split``), ``<out>/profiles.json`` and ``<out>/report.json``.
+``ebmrl.data.dataset.load_split``), ``<out>/profiles.json`` and ``<out>/report.json``
+(counts, what was dropped and why). Run statistics (requests, cache hits, retries,
+seconds) go to the log.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -43,13 +46,13 @@ def run(params: Params, args: argparse.Namespace) -> int:
         retry_policy,
     )
     from ebmrl.data import synthesize as synth
-    from ebmrl.data.annotate import read_annotations
     from ebmrl.data.dataset import write_dataset
     from ebmrl.data.ingest import read_manifest
-    from ebmrl.data.jsonl import read_samples
+    from ebmrl.data.jsonl import read_annotations, read_samples
     from ebmrl.data.split import split_by_session
+    from ebmrl.exit_codes import EXIT_INVALID
     from ebmrl.io import write_json
-    from ebmrl.schema import SchemaError, load_profiles
+    from ebmrl.schema import load_profiles
 
     section = params.synthesize
     started = time.perf_counter()
@@ -61,19 +64,13 @@ def run(params: Params, args: argparse.Namespace) -> int:
     ingest_dir = Path(args.ingest or section.ingest)
     out = Path(args.out or section.out)
     needs_backend = _needs_backend(section.mode, section.traces)
-    try:
-        clips = read_manifest(ingest_dir, ok_only=True)
-        book = load_profiles(args.profiles or section.profiles)
-        descriptions = {}
-        if needs_backend:
-            annotations = read_annotations(args.annotations or section.annotations)
-            descriptions = {cid: row["description"] for cid, row in annotations.items()}
-        film = (
-            synth.film_of(book, section.source) if section.mode == "llm" else (section.source or "")
-        )
-    except (FileNotFoundError, SchemaError, synth.SynthesisError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    clips = read_manifest(ingest_dir, ok_only=True)
+    book = load_profiles(args.profiles or section.profiles)
+    descriptions = {}
+    if needs_backend:
+        annotations = read_annotations(args.annotations or section.annotations)
+        descriptions = {cid: row["description"] for cid, row in annotations.items()}
+    film = synth.film_of(book, section.source) if section.mode == "llm" else (section.source or "")
     gen = section.generation
     settings = synth.SynthSettings(
         strategies=tuple(section.strategies),
@@ -113,17 +110,19 @@ def run(params: Params, args: argparse.Namespace) -> int:
                 concurrency=workers,
                 progress=True,
             )
-    except (synth.SynthesisError, SchemaError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         if backend is not None:
             backend.close()
         cache.close()
     samples = synth.uniform_ids(result.samples)
+    run_stats = {
+        "client": client.stats.as_dict() if client is not None else None,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    print(f"synthesize run: {json.dumps(run_stats)}")
     if not samples:
         print(f"error: no sample survived ({dict(result.drops.reasons)})", file=sys.stderr)
-        return 1
+        return EXIT_INVALID
     train, test = split_by_session(samples, section.test_fraction, section.seed)
     write_dataset(out, {"train": train, "test": test}, book)
     report = {
@@ -137,14 +136,12 @@ def run(params: Params, args: argparse.Namespace) -> int:
         "with_trace": sum(s.has_trace for s in samples),
         "dropped": dict(result.drops.reasons),
         "drop_examples": result.drops.examples,
-        "client": client.stats.as_dict() if client is not None else None,
-        "seconds": round(time.perf_counter() - started, 2),
         **result.stats,
     }
     write_json(out / "report.json", report)
     print(
         f"synthesize ({section.mode}): {len(train)} train / {len(test)} test sample(s), "
         f"{report['with_trace']} with a trace, dropped {report['dropped'] or 'none'} "
-        f"in {report['seconds']}s -> {out}"
+        f"in {run_stats['seconds']}s -> {out}"
     )
     return 0

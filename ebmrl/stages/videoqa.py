@@ -2,18 +2,20 @@
 (params: ``videoqa``; ``models.vlm``/``dtype``/``device``/``attn_implementation`` for
 local systems; ``tracking`` for MLflow).
 
-Writes ``<videoqa.metrics>/<benchmark>.json`` (accuracy per system, per question type;
-``dvc metrics`` reads them) and ``<videoqa.out>/predictions.jsonl`` (every question, every
-system: the raw output, the parsed answer, correct or not, or why it was not scored).
+Writes ``<videoqa.metrics>/<benchmark>.json`` (accuracy per system, per question type,
+by our lenient parser and, under ``authors``, by the authors' exact match, whichever
+``videoqa.protocol`` asked with; ``dvc metrics`` reads them) and
+``<videoqa.out>/predictions.jsonl`` (every question, every system: the raw output, the
+parsed answer, correct or not by both readings, or why it was not scored).
 Answers are cached under ``videoqa.cache``. Unreadable videos and unparseable answers
-are counted, never guessed; the stage finishes.
+are counted, never guessed; the stage finishes. Requests to the systems follow
+``videoqa.system_requests`` (concurrency, retries, timeout).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -28,11 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl import tracking
-    from ebmrl.backends import GenerationClient, ResponseCache, retry_policy
-    from ebmrl.config import BackendSection
+    from ebmrl.backends import (
+        GenerationClient,
+        ResponseCache,
+        concurrency,
+        retry_policy,
+        system_backend,
+    )
     from ebmrl.data.jsonl import write_jsonl
-    from ebmrl.eval.pipeline import system_backend
-    from ebmrl.eval.videoqa import AnnotationError, load_benchmark, nextqa_group
+    from ebmrl.eval.videoqa import load_benchmark, nextqa_group
     from ebmrl.eval.videoqa.scoring import (
         FrameReader,
         answer_questions,
@@ -47,25 +53,22 @@ def run(params: Params, args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(section.torch_threads)
-    try:
-        benchmarks = [
-            (
-                spec,
-                load_benchmark(
-                    spec.format,
-                    spec.annotations,
-                    spec.videos,
-                    answers=spec.answers,
-                    video_map=spec.video_map,
-                    name=spec.name,
-                    max_questions=spec.max_questions,
-                ),
-            )
-            for spec in section.benchmarks
-        ]
-    except AnnotationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    benchmarks = [
+        (
+            spec,
+            load_benchmark(
+                spec.format,
+                spec.annotations,
+                spec.videos,
+                answers=spec.answers,
+                video_map=spec.video_map,
+                name=spec.name,
+                max_questions=spec.max_questions,
+                seed=section.subset_seed,
+            ),
+        )
+        for spec in section.benchmarks
+    ]
     reader = FrameReader(section.frames, section.max_pixels_per_frame)
     cache = ResponseCache(Path(section.cache) / "responses.jsonl")
     summaries: dict[str, dict] = {spec.name: {} for spec, _ in benchmarks}
@@ -75,10 +78,13 @@ def run(params: Params, args: argparse.Namespace) -> int:
         "videoqa", params.tracking, logged, enabled=not args.no_tracking
     ) as mlflow:
         try:
+            requests = section.system_requests
             for system in section.systems:
-                backend = system_backend(system, models, section.torch_threads)
-                client = GenerationClient(backend, cache, retry_policy(BackendSection()))
-                answerer = vlm_answerer(client, section.max_new_tokens)
+                backend = system_backend(system, models, requests, section.torch_threads)
+                client = GenerationClient(backend, cache, retry_policy(requests))
+                answerer = vlm_answerer(
+                    client, section.max_new_tokens, params.tag_names(), section.protocol
+                )
                 try:
                     for spec, items in benchmarks:
                         results = answer_questions(
@@ -86,8 +92,11 @@ def run(params: Params, args: argparse.Namespace) -> int:
                             system.name,
                             answerer,
                             reader,
-                            concurrency=getattr(backend, "max_concurrency", None) or 4,
+                            concurrency=concurrency(requests, backend),
                             progress=True,
+                            tags=params.tag_names(),
+                            protocol=section.protocol,
+                            max_pixels=section.max_pixels_per_frame,
                         )
                         group = nextqa_group if spec.format == "nextqa" else None
                         summaries[spec.name][system.name] = summarize(results, group)
@@ -101,14 +110,14 @@ def run(params: Params, args: argparse.Namespace) -> int:
             write_json(metrics_dir / f"{name}.json", per_system)
         write_jsonl(Path(section.out) / "predictions.jsonl", predictions)
         if mlflow is not None:
-            flat = tracking.flatten({"videoqa": summaries})
-            mlflow.log_metrics({k.replace(".", "/"): float(v) for k, v in flat.items()})
+            mlflow.log_metrics(tracking.metric_values({"videoqa": summaries}))
     for name, per_system in summaries.items():
         for system, summary in per_system.items():
             print(
                 f"  {name:16s} {system:8s} accuracy={summary['accuracy']:.3f} "
                 f"({summary['correct']} correct of {summary['scored']} scored; "
-                f"{summary['unparseable']} unparseable, {summary['not_scored']} not scored)"
+                f"{summary['unparseable']} unparseable, {summary['not_scored']} not scored; "
+                f"authors' exact match {summary['authors']['accuracy']:.3f})"
             )
     print(
         f"videoqa: {sum(len(i) for _, i in benchmarks)} question(s) x {len(section.systems)} "

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ebmrl.config import GrpoSection, LoraSection, ModelsSection, SftSection, TrainingSection
+from ebmrl.models.identity import model_identity  # noqa: F401 (part of this module's API)
 
 
 def lora_config(section: LoraSection):
@@ -38,6 +39,7 @@ def common_args(
         # A float in [0, 1) is a fraction of the total steps (transformers 5).
         "warmup_steps": section.warmup_ratio,
         "weight_decay": section.weight_decay,
+        "max_grad_norm": section.max_grad_norm,
         "per_device_train_batch_size": section.per_device_batch_size,
         "gradient_accumulation_steps": section.gradient_accumulation_steps,
         "num_train_epochs": section.epochs,
@@ -76,7 +78,11 @@ def grpo_args(
     report_to: list[str],
     reward_args: dict[str, Any],
 ):
-    """``reward_args``: ``reward_weights``/``multi_objective_aggregation``/... from the rewards."""
+    """``reward_args``: ``reward_weights`` from the rewards (``RewardSetup``).
+
+    The advantages are not TRL's: ``VideoGRPOTrainer`` computes them with ``combine``
+    (``rewards.aggregation``) and clamps the KL log-ratio (``grpo.kl_clamp``).
+    """
     from trl import GRPOConfig
 
     return GRPOConfig(
@@ -84,7 +90,11 @@ def grpo_args(
         num_generations=section.group_size,
         temperature=section.temperature,
         top_p=section.top_p,
+        top_k=section.top_k,
         beta=section.beta,
+        loss_type=section.loss_type,
+        num_iterations=section.num_iterations,
+        use_bias_correction_kl=section.kl_bias_correction,
         max_completion_length=section.max_completion_length,
         mask_truncated_completions=section.mask_truncated_completions,
         use_vllm=section.use_vllm,
@@ -131,17 +141,6 @@ def training_code_identity(package: Path | None = None) -> str:
             digest.update(path.relative_to(package).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def model_identity(path: str | Path) -> dict[str, Any]:
-    """Size and modification time of a local model's weights (the id for a hub model)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return {"id": str(path)}
-    return {
-        f.name: [f.stat().st_size, f.stat().st_mtime_ns]
-        for f in sorted(folder.glob("*.safetensors"))
-    }
 
 
 def resumable_checkpoint(output_dir: str | Path, fingerprint: str) -> str | None:

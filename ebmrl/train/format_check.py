@@ -12,6 +12,7 @@ from typing import Any
 from ebmrl.frame_store import FrameStore
 from ebmrl.models.vlm import generate_text
 from ebmrl.rewards.format import format_score
+from ebmrl.tags import DEFAULT_TAGS
 
 
 def greedy_format_scores(
@@ -22,6 +23,7 @@ def greedy_format_scores(
     *,
     max_new_tokens: int = 128,
     batch_size: int = 4,
+    tags: Sequence[str] = DEFAULT_TAGS,
 ) -> tuple[list[float], list[str]]:
     """Format reward of the model's greedy output for each row's prompt and clip."""
     was_training = model.training
@@ -38,7 +40,7 @@ def greedy_format_scores(
                 max_new_tokens=max_new_tokens,
             )
             texts += outputs
-            scores += [format_score(text) for text in outputs]
+            scores += [format_score(text, tags) for text in outputs]
     finally:
         model.train(was_training)
     return scores, texts

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 from ebmrl.config import Params
 from ebmrl.frame_store import FrameStore, require_clips
-from ebmrl.io import atomic_path
+from ebmrl.tags import DEFAULT_TAGS
 from ebmrl.train.configs import (
     checkpoint_to_resume,
     grpo_args,
@@ -20,9 +19,9 @@ from ebmrl.train.configs import (
     run_fingerprint,
     training_code_identity,
 )
-from ebmrl.train.inputs import TrainingInputs
+from ebmrl.train.inputs import EmptyTrainingSet, TrainingInputs
 from ebmrl.train.prompting import grpo_row
-from ebmrl.train.sft import EmptyTrainingSet
+from ebmrl.train.saving import save_final_model
 from ebmrl.train.summary import reward_summary
 from ebmrl.train.video_grpo import VideoGRPOTrainer
 
@@ -95,6 +94,44 @@ def reference_model(trainer: Any, init_model: str, models: Any) -> Any:
     return trainer.accelerator.unwrap_model(ref).eval()
 
 
+# Per-step timings TRL logs (to MLflow): kept out of the log history the stage writes
+# as a DVC plots file and out of the checkpoints' trainer_state.json (DVC hashes both),
+# which must be the same bytes for the same inputs.
+TIMING_KEYS = ("step_time",)
+
+
+def grpo_rows(inputs: TrainingInputs, tags: Sequence[str] = DEFAULT_TAGS) -> list[dict[str, Any]]:
+    """One row per training prompt (prompt and reference in ``tags``); ``EmptyTrainingSet``
+    or ``MissingClipError`` when there is nothing to train on or a clip is not in the
+    frame store."""
+    rows = [grpo_row(s, inputs.profiles, tags) for s in inputs.train]
+    if not rows:
+        raise EmptyTrainingSet("the train split is empty: GRPO has no prompt to train on")
+    require_clips(inputs.frames, [r["clip_id"] for r in rows])
+    return rows
+
+
+def without_timings(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in entry.items()
+        if k not in TIMING_KEYS and not k.endswith(("_runtime", "_per_second"))
+    }
+
+
+def timings_out_of_the_state():
+    """A callback that drops the timings from each entry of the trainer's log history
+    once it is logged (MLflow, called earlier, keeps them), before a checkpoint saves it."""
+    from transformers import TrainerCallback
+
+    class DropTimings(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.log_history:
+                state.log_history[-1] = without_timings(state.log_history[-1])
+
+    return DropTimings()
+
+
 def train_grpo(
     params: Params,
     inputs: TrainingInputs,
@@ -114,14 +151,10 @@ def train_grpo(
     from datasets import Dataset
 
     section, models = params.grpo, params.models
-    rows = [grpo_row(s, inputs.profiles) for s in inputs.train]
-    if not rows:
-        raise EmptyTrainingSet("the train split is empty: GRPO has no prompt to train on")
-    require_clips(inputs.frames, [r["clip_id"] for r in rows])
+    rows = grpo_rows(inputs, params.tag_names())
     setup, pcg_scorer = build_rewards(params, inputs.frames, processor)
     out = Path(section.out)
     checkpoints = out / "checkpoints"
-    started = time.perf_counter()
     trainer = VideoGRPOTrainer(
         model=model,
         reward_funcs=[nonfinite_guard(f) for f in setup.funcs],
@@ -130,7 +163,9 @@ def train_grpo(
         processing_class=processor,
         peft_config=lora_config(section.lora),
         frame_store=inputs.frames,
-        callbacks=list(callbacks),
+        aggregation=setup.aggregation,
+        kl_clamp=section.kl_clamp,
+        callbacks=[*callbacks, timings_out_of_the_state()],
     )
     if pcg_scorer is not None:
         pcg_scorer.model = reference_model(trainer, section.init_model, models)
@@ -138,6 +173,7 @@ def train_grpo(
         trainer_hook(trainer)
     fingerprint = run_fingerprint(
         grpo=section.model_dump(),
+        tags=list(params.tags),
         code=training_code_identity(),
         rewards=params.rewards.model_dump(),
         models=models.model_dump(),
@@ -153,14 +189,8 @@ def train_grpo(
         **reward_summary(history, setup.names),
         "steps": trainer.state.global_step,
         "train_prompts": len(rows),
-        "seconds": round(time.perf_counter() - started, 1),
     }
     final_dir = out / "final"
-    if is_main_process:
-        trained = trainer.model
-        if hasattr(trained, "merge_and_unload"):
-            trained = trained.merge_and_unload()
-        with atomic_path(final_dir, is_dir=True) as tmp:
-            trained.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
-    return GrpoResult(metrics, final_dir, [e for e in history if "reward" in e], setup.names)
+    save_final_model(trainer.model, processor, final_dir, is_main_process)
+    steps = [without_timings(e) for e in history if "reward" in e]
+    return GrpoResult(metrics, final_dir, steps, setup.names)

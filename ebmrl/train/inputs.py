@@ -8,6 +8,10 @@ from ebmrl.frame_store import FrameStore
 from ebmrl.schema import ProfileBook, Sample
 
 
+class EmptyTrainingSet(ValueError):
+    """Nothing to train on; the message says which split and why."""
+
+
 @dataclass
 class TrainingInputs:
     train: list[Sample]

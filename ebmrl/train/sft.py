@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 from ebmrl.config import ModelsSection, SftSection
 from ebmrl.frame_store import require_clips
-from ebmrl.io import atomic_path
+from ebmrl.tags import DEFAULT_TAGS
 from ebmrl.train.configs import (
     checkpoint_to_resume,
     lora_config,
@@ -20,13 +19,12 @@ from ebmrl.train.configs import (
     training_code_identity,
 )
 from ebmrl.train.format_check import greedy_format_scores
-from ebmrl.train.inputs import TrainingInputs
-from ebmrl.train.prompting import sft_row
+from ebmrl.train.inputs import EmptyTrainingSet, TrainingInputs
+from ebmrl.train.prompting import TargetLayout, sft_row
+from ebmrl.train.saving import save_final_model
 from ebmrl.train.video_sft import VideoSFTCollator
 
-
-class EmptyTrainingSet(ValueError):
-    """Nothing to train on; the message says which split and why."""
+__all__ = ["EmptyTrainingSet", "SftResult", "sft_rows", "train_sft"]
 
 
 @dataclass
@@ -47,6 +45,31 @@ def last_logged(history: Sequence[dict[str, Any]], key: str) -> Any:
     return None
 
 
+def sft_rows(
+    inputs: TrainingInputs,
+    eval_samples: int,
+    tags: Sequence[str] = DEFAULT_TAGS,
+    layout: TargetLayout = "tagged",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training rows and held-out rows (targets in ``tags``, ``layout``: ``sft.target_layout``);
+    ``EmptyTrainingSet`` or ``MissingClipError`` when there is nothing to learn from or a
+    clip is not in the frame store."""
+
+    def rows(samples: Sequence[Any]) -> list[dict[str, Any]]:
+        made = (sft_row(s, inputs.profiles, tags, layout) for s in samples)
+        return [r for r in made if r is not None]
+
+    train_rows = rows(inputs.train)
+    if not train_rows:
+        raise EmptyTrainingSet(
+            f"the train split has {len(inputs.train)} samples and none carries a reference "
+            "perception + think trace: SFT has nothing to learn from (check synthesize)"
+        )
+    held_out = rows(inputs.test)[:eval_samples]
+    require_clips(inputs.frames, [r["clip_id"] for r in train_rows + held_out])
+    return train_rows, held_out
+
+
 def train_sft(
     section: SftSection,
     models: ModelsSection,
@@ -57,9 +80,10 @@ def train_sft(
     report_to: Sequence[str] = (),
     callbacks: Sequence[Any] = (),
     is_main_process: bool = True,
+    tags: Sequence[str] = DEFAULT_TAGS,
 ) -> SftResult:
     """Train ``model`` on ``inputs.train``; checkpoints under ``<out>/checkpoints`` (resumed
-    if present), final model in ``<out>/final``."""
+    if present), final model in ``<out>/final``. ``tags``: params.yaml ``tags``."""
     from datasets import Dataset
     from trl import SFTTrainer
 
@@ -68,21 +92,16 @@ def train_sft(
     class VideoSFTTrainer(ResumeWithConvertedKeys, SFTTrainer):
         pass
 
-    train_rows = [r for r in (sft_row(s, inputs.profiles) for s in inputs.train) if r is not None]
-    if not train_rows:
-        raise EmptyTrainingSet(
-            f"the train split has {len(inputs.train)} samples and none carries a reference "
-            "perception + think trace: SFT has nothing to learn from (check synthesize)"
-        )
-    held_out = [r for r in (sft_row(s, inputs.profiles) for s in inputs.test) if r is not None]
-    held_out = held_out[: section.eval_samples]
-    require_clips(inputs.frames, [r["clip_id"] for r in train_rows + held_out])
-
+    train_rows, held_out = sft_rows(inputs, section.eval_samples, tags, section.target_layout)
     out = Path(section.out)
     checkpoints = out / "checkpoints"
-    started = time.perf_counter()
     before, _ = greedy_format_scores(
-        model, processor, held_out, inputs.frames, max_new_tokens=section.eval_max_new_tokens
+        model,
+        processor,
+        held_out,
+        inputs.frames,
+        max_new_tokens=section.eval_max_new_tokens,
+        tags=tags,
     )
     trainer = VideoSFTTrainer(
         model=model,
@@ -95,6 +114,7 @@ def train_sft(
     )
     fingerprint = run_fingerprint(
         sft=section.model_dump(),
+        tags=list(tags),
         code=training_code_identity(),
         models=models.model_dump(),
         start=model_identity(models.vlm),
@@ -104,17 +124,18 @@ def train_sft(
     if resume:
         print(f"resuming SFT from {resume}")
     trainer.train(resume_from_checkpoint=resume)
-    trained = trainer.model
-    if hasattr(trained, "merge_and_unload"):  # LoRA: ship a plain model
-        trained = trained.merge_and_unload()
-    after, generations = greedy_format_scores(
-        trained, processor, held_out, inputs.frames, max_new_tokens=section.eval_max_new_tokens
-    )
     final_dir = out / "final"
-    if is_main_process:
-        with atomic_path(final_dir, is_dir=True) as tmp:
-            trained.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
+    trained = save_final_model(trainer.model, processor, final_dir, is_main_process)
+    after, generations = greedy_format_scores(
+        trained,
+        processor,
+        held_out,
+        inputs.frames,
+        max_new_tokens=section.eval_max_new_tokens,
+        tags=tags,
+    )
+    # No timing here: the metrics are a DVC metrics file (same input, same bytes); the
+    # trainer logs runtimes to MLflow and the stage prints them.
     metrics = {
         "train_samples": len(train_rows),
         "held_out_samples": len(held_out),
@@ -122,6 +143,5 @@ def train_sft(
         "format_before": mean(before),
         "format_after": mean(after),
         "train_loss": last_logged(trainer.state.log_history, "train_loss"),
-        "seconds": round(time.perf_counter() - started, 1),
     }
     return SftResult(metrics=metrics, final_dir=final_dir, held_out_generations=generations)

@@ -15,10 +15,21 @@ raised. This subclass:
 4. with ``use_vllm``, hands each row's clip to the colocated vLLM engine
    (``ebmrl.train.vllm_video``), which TRL would otherwise prompt without the video.
 
+It also makes the loss the paper's:
+
+5. the advantages are ``ebmrl.rewards.aggregate.combine`` of the rewards TRL computed
+   (``aggregation``, ``advantage_eps``; the weights of ``GRPOConfig.reward_weights``):
+   per-reward group z-scores summed with the weights, no batch re-standardisation. TRL's
+   own multi-reward aggregation runs but its result is replaced, in the loss and in the
+   logged ``advantages``;
+6. ``kl_clamp`` clamps the log-ratio of the k3 KL estimator to ``[-kl_clamp, kl_clamp]``
+   (the authors: 10), value and gradient, before TRL forms ``exp(d) - d - 1``.
+
 It overrides private TRL methods (``_tokenize_prompts``, ``_generate_and_score_completions``,
-``_generate_single_turn``, ``_get_per_token_logps_and_entropies``, ``_compute_loss``): TRL is pinned exactly, and
-``tests/test_video_grpo.py`` asserts the contract (the vision tower receives a non-zero
-gradient), so an upgrade that breaks it fails loudly.
+``_calculate_rewards``, ``_generate_single_turn``, ``_get_per_token_logps_and_entropies``,
+``_compute_loss``): TRL is pinned exactly, and ``tests/test_video_grpo.py`` asserts the
+contract (the vision tower receives a non-zero gradient; the advantages in the loss are
+``combine``'s; the clamp), so an upgrade that breaks it fails loudly.
 """
 
 from __future__ import annotations
@@ -31,7 +42,8 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
 from ebmrl.frame_store import FrameStore
-from ebmrl.models.vlm import vision_pad_token_ids
+from ebmrl.models.vlm import encode, strip_none_keys, vision_pad_token_ids
+from ebmrl.rewards.aggregate import PAPER_EPS, Aggregation, combine
 from ebmrl.train.resume import ResumeWithConvertedKeys
 from ebmrl.train.vllm_video import prepare_colocated_engine, video_item
 
@@ -76,19 +88,6 @@ class VideoRows:
         return cls(list(batch[VIDEO_PIXELS]), batch[VIDEO_GRID], batch.get(VIDEO_SECONDS))
 
 
-def strip_none_keys(value: Any) -> Any:
-    """Drop ``None``-valued keys that ``datasets`` adds when it unifies message structs.
-
-    Left in, ``{"type": "text", "text": ..., "video": None}`` makes Qwen's own chat
-    template count a text block as a video.
-    """
-    if isinstance(value, dict):
-        return {k: strip_none_keys(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [strip_none_keys(v) for v in value]
-    return value
-
-
 def mm_token_type_ids(
     input_ids: torch.Tensor, image_token_id: int | None, video_token_id: int
 ) -> torch.Tensor:
@@ -116,13 +115,30 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
 
     Dataset rows need ``prompt`` (a conversation whose user turn has a ``{"type": "video"}``
     block) and ``clip_id``; every other column is passed to the reward functions.
+    ``aggregation``/``advantage_eps`` define the advantages (``combine``); ``kl_clamp``
+    (None: off) bounds the KL log-ratio.
     """
 
-    def __init__(self, *args: Any, frame_store: FrameStore, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        frame_store: FrameStore,
+        aggregation: Aggregation = "normalize_then_sum",
+        advantage_eps: float = PAPER_EPS,
+        kl_clamp: float | None = None,
+        **kwargs: Any,
+    ):
+        if kl_clamp is not None and not kl_clamp > 0:
+            raise ValueError(f"kl_clamp must be > 0 (or None), got {kl_clamp}")
         self.frame_store = frame_store
+        self.aggregation = aggregation
+        self.advantage_eps = advantage_eps
+        self.kl_clamp = kl_clamp
         self._pending_videos: list[Any] | None = None
         self._video_rows: VideoRows | None = None
         self._video_fps: list[float] | None = None
+        self._rewards_per_func: torch.Tensor | None = None
+        self._clamp_reference_in: dict[str, Any] | None = None
         super().__init__(*args, **kwargs)
         config = self.model.config
         self._video_token_id = config.video_token_id
@@ -148,6 +164,7 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
                 raise RuntimeError(
                     "prompts were tokenized without their video (TRL internals changed?)"
                 )
+            output["advantages"] = self._our_advantages(len(inputs), output["advantages"])
             output.update(self._video_rows.as_batch_fields())
             # Lets the completions table name the prompt each completion answers.
             ids = gather_object([str(row.get("prompt_id", "")) for row in inputs])
@@ -156,7 +173,35 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
             self._pending_videos = None
             self._video_rows = None
             self._video_fps = None
+            self._rewards_per_func = None
         return output
+
+    # ------------------------------------------------------------------ advantages
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_per_func = rewards  # every process's rows (TRL gathers them)
+        return rewards
+
+    def _our_advantages(self, local_rows: int, trl_advantages: torch.Tensor) -> torch.Tensor:
+        """``combine`` of the gathered rewards, this process's slice; TRL's log updated."""
+        rewards = self._rewards_per_func
+        if rewards is None:
+            raise RuntimeError(
+                "rewards were not computed through _calculate_rewards (TRL changed?)"
+            )
+        names = list(self.reward_func_names)
+        keys = names if len(set(names)) == len(names) else [f"{n}#{i}" for i, n in enumerate(names)]
+        table = rewards.detach().cpu().double().numpy()
+        columns = {key: table[:, k].tolist() for k, key in enumerate(keys)}
+        weights = dict(zip(keys, self.reward_weights.tolist(), strict=True))
+        group = self.num_generations if self.model.training else self.num_generations_eval
+        values = combine(columns, weights, group, self.aggregation, eps=self.advantage_eps)
+        logged = self._logs["advantages"]
+        for offset, value in enumerate(values):  # TRL appended its own for these rows
+            logged[len(logged) - len(values) + offset] = value
+        start = self.accelerator.process_index * local_rows
+        ours = torch.tensor(values[start : start + local_rows], dtype=trl_advantages.dtype)
+        return ours.to(trl_advantages.device)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
         if not self.use_vllm:
@@ -181,18 +226,8 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
         if self._pending_videos is None:
             return super()._tokenize_prompts(prompts)
         processor = self.processing_class
-        texts = [
-            processor.apply_chat_template(
-                strip_none_keys(p), tokenize=False, add_generation_prompt=True
-            )
-            for p in prompts
-        ]
-        encoded = processor(
-            text=texts,
-            videos=list(self._pending_videos),
-            padding=True,
-            return_tensors="pt",
-            do_sample_frames=False,
+        encoded = encode(
+            processor, [strip_none_keys(p) for p in prompts], list(self._pending_videos)
         )
         mask = encoded["attention_mask"].bool()
         prompt_ids = [ids[m].tolist() for ids, m in zip(encoded["input_ids"], mask, strict=True)]
@@ -216,12 +251,58 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
     # -------------------------------------------------------------------- log-probs
     def _compute_loss(self, model, inputs):
         self._video_rows = VideoRows.from_batch_fields(inputs)
+        if self.kl_clamp is not None and self.beta != 0.0:
+            # TRL reads ref_per_token_logps after the policy pass; _clamp_reference
+            # rewrites it in this copy so that TRL's log-ratio is the clamped one.
+            inputs = dict(inputs)
+            self._clamp_reference_in = inputs
         try:
             return super()._compute_loss(model, inputs)
         finally:
             self._video_rows = None
+            self._clamp_reference_in = None
+
+    def _clamp_reference(self, per_token_logps: torch.Tensor) -> None:
+        """Make TRL's ``ref - logp`` equal ``clamp(ref - logp, -c, c)`` (value and gradient).
+
+        TRL computes ``d = ref - logp`` and ``exp(d) - d - 1``. With ``ref' = logp +
+        clamp(ref - logp)``, ``ref' - logp`` is the clamped log-ratio, and its gradient
+        with respect to ``logp`` is -1 inside the bounds and 0 where clamped, exactly the
+        authors' ``torch.clamp(ref - logp, -10, 10)``.
+        """
+        inputs = self._clamp_reference_in
+        if inputs is None:
+            return
+        self._clamp_reference_in = None  # the policy pass of this loss only
+        ref = inputs["ref_per_token_logps"]
+        c = self.kl_clamp
+        inputs["ref_per_token_logps"] = per_token_logps + (ref - per_token_logps).clamp(-c, c)
 
     def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **image_kwargs,
+    ):
+        logps, entropies, aux_loss = self._logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+            batch_size=batch_size,
+            compute_entropy=compute_entropy,
+            compute_aux_loss=compute_aux_loss,
+            **image_kwargs,
+        )
+        self._clamp_reference(logps)
+        return logps, entropies, aux_loss
+
+    def _logps_and_entropies(
         self,
         model,
         input_ids,

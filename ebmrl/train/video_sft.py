@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ebmrl.frame_store import FrameStore
-from ebmrl.train.video_grpo import strip_none_keys
+from ebmrl.models.vlm import encode, strip_none_keys
 
 IGNORE_INDEX = -100
 
@@ -40,28 +40,19 @@ class VideoSFTCollator:
         processor = self.processor
         prompts = [strip_none_keys(ex["prompt"]) for ex in examples]
         completions = [strip_none_keys(ex["completion"]) for ex in examples]
-        full_texts = [
-            processor.apply_chat_template(p + c, tokenize=False)
-            for p, c in zip(prompts, completions, strict=True)
-        ]
         prompt_texts = [
             processor.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
             for p in prompts
         ]
         videos = [self.frame_store.frames(ex["clip_id"]) for ex in examples]
         tokenizer = processor.tokenizer
-        previous_side = tokenizer.padding_side
-        tokenizer.padding_side = "right"
-        try:
-            batch = processor(
-                text=full_texts,
-                videos=videos,
-                padding=True,
-                return_tensors="pt",
-                do_sample_frames=False,
-            )
-        finally:
-            tokenizer.padding_side = previous_side
+        batch = encode(
+            processor,
+            [p + c for p, c in zip(prompts, completions, strict=True)],
+            videos,
+            add_generation_prompt=False,
+            padding_side="right",
+        )
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX
         video_tokens = (batch["video_grid_thw"].prod(dim=-1) // self.merge_area).tolist()
