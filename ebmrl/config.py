@@ -585,7 +585,10 @@ class EvaluateSection(Section):
     out: str = "reports/eval"  # index.html + results.json
     metrics: str = "metrics/eval.json"
     plot_data: str = "metrics/eval_plot.json"
-    videoqa_metrics: str | None = "metrics/videoqa"  # shown in the report when present
+    # VideoQA metrics folder shown in the report. Null (the default): the report leaves
+    # them out and evaluate does not depend on videoqa, so the two run at the same time;
+    # a folder (metrics/videoqa) adds the tables, once listed in evaluate's dvc.yaml deps.
+    videoqa_metrics: str | None = None
     training_log: str | None = "metrics/grpo_log.json"  # reward curves in the report
     report_frames: Annotated[int, Field(ge=0, le=64)] = 8
     torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
@@ -660,6 +663,17 @@ class TrackingSection(Section):
     experiment: str = Field("ebmrl", min_length=1)
 
 
+class CheckpointsSection(Section):
+    """Where sft and grpo copy each checkpoint as they save it, so that a stage rerun on
+    another machine (a replacement GPU worker) resumes from it. Read by both training
+    stages but listed as a param of neither: where checkpoints go must not retrain."""
+
+    # Any fsspec URL (s3://bucket/prefix; AWS_* and AWS_ENDPOINT_URL from the environment);
+    # null: checkpoints stay on the local disk only. EBMRL_CHECKPOINTS_URI wins (the
+    # pipeline sets it to <DVC remote>/checkpoints).
+    uri: str | None = None
+
+
 TagName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", max_length=40)]
 
 
@@ -684,6 +698,7 @@ class Params(Section):
     evaluate: EvaluateSection = EvaluateSection()
     videoqa: VideoQASection = VideoQASection()
     tracking: TrackingSection = TrackingSection()
+    checkpoints: CheckpointsSection = CheckpointsSection()
 
     @field_validator("tags")
     @classmethod

@@ -355,7 +355,9 @@ def test_grpo_resumes_after_kill_9_and_ends_at_the_configured_step(
     command = [str(BIN / "ebmrl"), "--params", str(params), "grpo", "--no-tracking",
                "--metrics", str(tmp_path / "grpo.json"), "--log-history", str(tmp_path / "log.json")]  # fmt: skip
     checkpoints = tmp_path / "grpo" / "checkpoints"
-    victim = subprocess.Popen(command, cwd=tmp_path, env=stage_env(tmp_path),
+    # Each checkpoint is also copied to a store (a folder here; S3 in the e2e test).
+    env = {**stage_env(tmp_path), "EBMRL_CHECKPOINTS_URI": str(tmp_path / "store")}
+    victim = subprocess.Popen(command, cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 600
@@ -368,7 +370,7 @@ def test_grpo_resumes_after_kill_9_and_ends_at_the_configured_step(
         victim.send_signal(signal.SIGKILL)
         victim.wait()
     assert not (tmp_path / "grpo" / "final").exists()
-    rerun = subprocess.run(command, cwd=tmp_path, env=stage_env(tmp_path), capture_output=True,
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=900)  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "resuming GRPO from" in rerun.stdout
@@ -376,6 +378,13 @@ def test_grpo_resumes_after_kill_9_and_ends_at_the_configured_step(
         rerun.stdout.split("resuming GRPO from")[1].split("checkpoint-")[1].split()[0]
     )
     assert resumed_from >= 2
+    from ebmrl.train.checkpoint_sync import CheckpointStore
+
+    (run_dir,) = (tmp_path / "store" / "grpo").iterdir()  # one run fingerprint
+    store = CheckpointStore(str(run_dir))
+    assert store.newest_step() == 6
+    # The trainer of the rerun started from the checkpoint's state, not from step 0.
+    assert store.record(6)["started_at_step"] == resumed_from
     log = yaml.safe_load((tmp_path / "log.json").read_text())
     # Only the steps after the checkpoint were trained again, and the run ends at max_steps.
     assert [entry["step"] for entry in log][-1] == 6

@@ -11,6 +11,7 @@ from typing import Any
 from ebmrl.config import Params
 from ebmrl.frame_store import FrameStore, require_clips
 from ebmrl.tags import DEFAULT_TAGS
+from ebmrl.train.checkpoint_sync import CheckpointStore, sync_callback
 from ebmrl.train.configs import (
     checkpoint_to_resume,
     grpo_args,
@@ -142,11 +143,13 @@ def train_grpo(
     callbacks: Sequence[Any] = (),
     trainer_hook: Any = None,
     is_main_process: bool = True,
+    checkpoints_uri: str | None = None,
 ) -> GrpoResult:
     """Run GRPO from ``model`` (loaded from ``params.grpo.init_model``) on ``inputs.train``.
 
     ``trainer_hook(trainer)`` runs once the trainer exists (e.g. to add a callback that
-    needs it).
+    needs it). ``checkpoints_uri``: also copy each checkpoint there, and resume from the
+    newest one there when it is ahead of the local folder (``checkpoint_sync``).
     """
     from datasets import Dataset
 
@@ -180,7 +183,10 @@ def train_grpo(
         start=model_identity(section.init_model),
         rows=[(r["prompt_id"], r["clip_id"], r["reference"]) for r in rows],
     )
-    resume = checkpoint_to_resume(checkpoints, fingerprint, is_main_process)
+    store = CheckpointStore.for_run(checkpoints_uri, "grpo", fingerprint) if checkpoints_uri else None
+    if store is not None:
+        trainer.add_callback(sync_callback(store, section.save_total_limit))
+    resume = checkpoint_to_resume(checkpoints, fingerprint, is_main_process, store)
     if resume:
         print(f"resuming GRPO from {resume}")
     trainer.train(resume_from_checkpoint=resume)
