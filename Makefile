@@ -15,6 +15,7 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: install demo test test-learning lint format clean browser
 .PHONY: mlflow-ui services-up services-down services-status deploy pipeline dvc-remote-local
+.PHONY: gpu-worker
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -80,6 +81,16 @@ deploy: $(STAMP)
 
 pipeline: $(STAMP)
 	$(WITH_SERVICES) $(BIN)/prefect deployment run ebmrl-pipeline/default --watch
+
+# One GPU machine's worker (deploy/README.md): work pool `gpu`, one stage at a time, each
+# in a workspace of its own under GPU_SCRATCH; PREFECT_API_URL, MLFLOW_TRACKING_URI and
+# the DVC remote's credentials (AWS_*) come from the environment.
+GPU_SCRATCH ?= $(HOME)/.cache/ebmrl/workspaces
+gpu-worker: $(STAMP)
+	mkdir -p $(GPU_SCRATCH)
+	EBMRL_SCRATCH=$(abspath $(GPU_SCRATCH)) EBMRL_CODE_DIR=$(CURDIR) PATH=$(BIN):$$PATH \
+		$(BIN)/prefect worker start --pool gpu --type process --limit 1 \
+		--name gpu-$$(hostname)-$$$$
 
 # The DVC remote on the local S3 server, in .dvc/config.local (never committed).
 dvc-remote-local: $(STAMP)

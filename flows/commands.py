@@ -15,6 +15,7 @@ Classification (why retry only some failures):
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -199,6 +200,21 @@ def stage_order(repo: str | Path) -> list[str]:
             graph.reverse(copy=True), key=lambda s: f"{position[address(s)]:06d}"
         )
         return [address(stage) for stage in ordered]
+
+
+def changed_stages(repo: str | Path) -> set[str]:
+    """The stages ``dvc status`` says must run: a dependency, param or output differs
+    from ``dvc.lock`` (or is missing). A stage whose upstream has yet to run is not in it
+    until that upstream has run: ask again after each stage that ran."""
+    args = dvc("status", "--json")
+    result = subprocess.run(
+        args, cwd=str(repo), env=command_env(), capture_output=True, text=True, errors="replace"
+    )
+    if result.returncode != 0:
+        lines = tuple((result.stdout + result.stderr).splitlines()[-TAIL_LINES:])
+        failed = CommandResult(result.returncode, lines)
+        raise CommandFailed("dvc status", result.returncode, lines, is_transient(failed))
+    return set(json.loads(result.stdout or "{}"))
 
 
 def default_remote(repo: str | Path) -> str | None:

@@ -14,6 +14,7 @@ from ebmrl.exit_codes import EXIT_INVALID, EXIT_TRANSIENT, FAULT_ONCE_ENV
 from flows.commands import (
     CommandFailed,
     CommandResult,
+    changed_stages,
     command_env,
     is_transient,
     only_known_stages,
@@ -151,6 +152,31 @@ def test_stage_order_follows_the_dag_of_this_repository(tmp_path):
                 if any(dep == p or dep.startswith(f"{p}/") for p in paths):
                     assert order.index(producer) < order.index(name), (producer, name)
     assert order.index("sft") < order.index("grpo")
+
+
+def test_changed_stages_are_what_dvc_status_says_must_run(tmp_path):
+    """The pipeline runs (or hands off) only these: a stage whose upstream has not run yet
+    shows once the upstream has run; an up-to-date repository has none."""
+    repo = _dvc_repo(
+        tmp_path / "repo",
+        {
+            "first": {"cmd": "echo one > a.txt", "outs": ["a.txt"]},
+            "second": {"cmd": "cat a.txt > b.txt", "deps": ["a.txt"], "outs": ["b.txt"]},
+        },
+    )
+    assert changed_stages(repo) == {"first", "second"}
+    run_checked("first", repro_stage_command("first"), repo, on_line=lambda _: None)
+    assert changed_stages(repo) == {"second"}
+    run_checked("second", repro_stage_command("second"), repo, on_line=lambda _: None)
+    assert changed_stages(repo) == set()
+    (repo / "a.txt").write_text("edited\n")  # an output changed by hand: its stage reruns
+    assert changed_stages(repo) == {"first", "second"}
+
+
+def test_changed_stages_fails_naming_dvc_status(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages: [not, a, mapping]\n")
+    with pytest.raises(CommandFailed, match="dvc status"):
+        changed_stages(tmp_path)
 
 
 def test_unknown_stage_names_fail_permanently_naming_them():

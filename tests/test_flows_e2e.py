@@ -231,6 +231,23 @@ def test_the_deployed_pipeline_completes_despite_a_transient_failure(stack):
     assert "injected transient fault" in sft_logs and "will be retried" in sft_logs
     # The stage's own output is streamed into the Prefect logs.
     assert "Running stage 'sft'" in sft_logs and "SFT model:" in sft_logs
+    # ... and relayed into the pipeline's own log, which `--watch` shows.
+    assert "[sft] Running stage 'sft'" in logs and "[grpo] Running stage 'grpo'" in logs
+
+
+def test_a_pipeline_with_nothing_to_do_hands_nothing_to_the_gpu_pool(stack):
+    """Only the stages `dvc status` says must run are run or handed off."""
+    began = time.perf_counter()
+    flow_run = stack.prefect.trigger("ebmrl-pipeline/default", {"retry_delay_s": 1})
+    flow_run = stack.prefect.wait(flow_run.id, timeout_s=600)
+    elapsed = time.perf_counter() - began
+    print(f"\nno-op pipeline flow run: {elapsed:.1f}s")
+    logs = "\n".join(stack.prefect.logs([flow_run.id]))
+    assert flow_run.state.type.value == "COMPLETED", (flow_run.state, logs[-3000:])
+    assert stack.prefect.children(flow_run.id) == []
+    assert "up to date (dvc status), not run:" in logs and "grpo" in logs
+    ran = {t.name for t in stack.prefect.task_runs(flow_run.id)}
+    assert ran.isdisjoint({"annotate", "sft", "grpo", "evaluate", "videoqa", "frames"}), ran
 
 
 def test_the_stages_read_the_raw_videos_from_s3(stack):
@@ -247,6 +264,7 @@ def test_gpu_stages_ran_on_the_gpu_pool_and_the_rest_in_the_pipeline(stack):
     assert {"annotate", "sft", "grpo"} <= stages
     assert {"ingest", "frames", "synthesize"}.isdisjoint(stages)
     assert {run.work_pool_name for run in gpu_runs} == {"gpu"}
+    assert all(run.name == run.parameters["stage"] for run in gpu_runs)  # named after it
     assert all(run.state.type.value == "COMPLETED" for run in gpu_runs)
     local = {t.name for t in stack.prefect.task_runs(stack.flow_run.id)}
     assert {"tiny_models", "demo_data", "ingest", "frames", "synthesize"} <= local
