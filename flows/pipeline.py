@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Sequence
 from datetime import UTC
@@ -149,11 +150,32 @@ def run_stage_in_workspace(
     workspace: str, stage: str, tracking_env: dict[str, str], force: bool = False
 ) -> float:
     """``dvc repro --single-item --pull <stage>`` (inputs and run cache from the remote),
-    then ``dvc push --run-cache <stage>``."""
+    then ``dvc push --run-cache <stage>``; a Prefect artifact says where it ran (worker,
+    host, workspace, commit) and what DVC pulled, ran and pushed."""
+    from prefect.artifacts import create_markdown_artifact
+
     logger = get_run_logger()
     started = time.monotonic()
-    reproduce_and_push(workspace, stage, logger.info, env=tracking_env, force=force)
-    return time.monotonic() - started
+    summary = reproduce_and_push(workspace, stage, logger.info, env=tracking_env, force=force)
+    seconds = time.monotonic() - started
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True
+    ).stdout.strip()
+    rows = [
+        ("worker", os.environ.get("PREFECT__WORKER_NAME", "")),
+        ("host", socket.gethostname()),
+        ("workspace", workspace),
+        ("commit", commit),
+        ("seconds", f"{seconds:.1f}"),
+        ("pulled / ran", "<br>".join(summary["repro"]) or "-"),
+        ("pushed", "<br>".join(summary["push"]) or "-"),
+    ]
+    table = "\n".join(f"| {key} | {value} |" for key, value in rows)
+    create_markdown_artifact(
+        markdown=f"## Stage {stage}\n\n| | |\n|---|---|\n{table}\n",
+        description=f"where stage {stage} ran and what it exchanged with the DVC remote",
+    )
+    return seconds
 
 
 @task(
@@ -246,7 +268,7 @@ def follow_flow_run(
     ``lost_after_s``: a running flow run whose worker (named in its first log line, see
     ``stage_flow``) has sent no heartbeat for that long is set Crashed: Prefect itself
     leaves the run of a killed worker or machine Running for ever.
-    Returns the finished flow run."""
+    Returns the finished flow run and the name of its worker ("" if none was named)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         LogFilter,
@@ -293,7 +315,7 @@ def follow_flow_run(
                 # The worker ships its last lines a moment after the state changes.
                 ended_at = ended_at or time.monotonic()
                 if time.monotonic() - ended_at >= drain_s:
-                    return flow_run
+                    return flow_run, worker or ""
             time.sleep(poll_interval)
 
 
@@ -303,11 +325,12 @@ def _run_on_pool(
     parameters: dict[str, Any],
     resubmissions: int = DEFAULT_RETRIES,
     lost_after_s: float = DEFAULT_WORKER_LOST_S,
-) -> None:
+) -> str:
     """Run ``stage_flow`` for ``stage`` through a deployment (its flow run named after the
     stage), relay its log lines into ours, and wait for its end. A run that crashed (its
     worker or machine died) is submitted again, up to ``resubmissions`` times: another
-    worker takes it, and a training stage resumes from its synced checkpoints."""
+    worker takes it, and a training stage resumes from its synced checkpoints. Returns
+    the name of the worker that ran it."""
     from prefect.deployments import run_deployment
 
     logger = get_run_logger()
@@ -321,14 +344,14 @@ def _run_on_pool(
         logger.info(
             "stage %s: handed to deployment %s (flow run %s)", stage, deployment, flow_run.id
         )
-        flow_run = follow_flow_run(
+        flow_run, worker = follow_flow_run(
             flow_run.id,
             lambda line: logger.info("[%s] %s", stage, line),
             lost_after_s=lost_after_s,
         )
         state = flow_run.state
         if state is not None and state.is_completed():
-            return
+            return worker
         if state is not None and state.is_crashed() and attempt < resubmissions:
             logger.warning(
                 "stage %s: flow run %s crashed (%s); resubmitting (%d of %d)",
@@ -407,6 +430,7 @@ def pipeline(
     # hand-off to the gpu pool.
     pending = None if force else changed_stages(repo)
     skipped: list[str] = []
+    workers: dict[str, str] = {}  # GPU stage -> the worker that ran it
     try:
         for stage in selected:
             if pending is not None and stage not in pending:
@@ -429,7 +453,7 @@ def pipeline(
                     _retrying(push_outputs, retries, retry_delay_s)(repo)
                     origin = pipeline_origin(repo, git_url, allow_dirty=True)  # checked above
                     handed["origin"] = origin.as_parameters()
-                _run_on_pool(gpu_deployment, stage, handed, retries, worker_lost_s)
+                workers[stage] = _run_on_pool(gpu_deployment, stage, handed, retries, worker_lost_s)
                 if workspaces:
                     _retrying(restore_stage, retries, retry_delay_s)(repo, stage)
             else:
@@ -449,8 +473,14 @@ def pipeline(
             parent_run_id,
             succeeded=succeeded,
             metrics={f"stage_seconds/{name}": value for name, value in seconds.items()},
+            tags={f"ebmrl.worker.{name}": worker for name, worker in workers.items()},
         )
-    return {"mlflow_parent_run_id": parent_run_id, "stage_seconds": seconds, "skipped": skipped}
+    return {
+        "mlflow_parent_run_id": parent_run_id,
+        "stage_seconds": seconds,
+        "skipped": skipped,
+        "workers": workers,
+    }
 
 
 if __name__ == "__main__":

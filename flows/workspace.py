@@ -16,6 +16,7 @@ No Prefect here (as ``flows.commands``): the flows pass a line callback.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
@@ -210,29 +211,36 @@ def prepare_workspace(origin: Origin, folder: str | Path, on_line: Callable[[str
     return folder
 
 
+_TRANSFER = re.compile(
+    r"fetched|pulled|pushed|up to date|is cached - skipping|Running stage|didn't change",
+    re.IGNORECASE,
+)
+
+
 def reproduce_and_push(
     workspace: str | Path,
     stage: str,
     on_line: Callable[[str], None],
     env: Mapping[str, str] | None = None,
     force: bool = False,
-) -> None:
+) -> dict[str, list[str]]:
     """The worker's part: reproduce ``stage`` (inputs and run cache pulled from the
-    remote), then push its outputs and run-cache entry."""
-    run_checked(
-        f"stage {stage}",
-        repro_stage_command(stage, force=force, pull=True),
-        workspace,
-        env=command_env(env),
-        on_line=on_line,
-    )
-    run_checked(
-        f"dvc push {stage}",
-        dvc("push", "--run-cache", stage),
-        workspace,
-        env=command_env(env),
-        on_line=on_line,
-    )
+    remote), then push its outputs and run-cache entry. Returns DVC's lines about what
+    was pulled, run and pushed (for the stage's Prefect artifact)."""
+    summary: dict[str, list[str]] = {"repro": [], "push": []}
+    for part, args in (
+        ("repro", repro_stage_command(stage, force=force, pull=True)),
+        ("push", dvc("push", "--run-cache", stage)),
+    ):
+        result = run_checked(
+            f"{'stage' if part == 'repro' else 'dvc push'} {stage}",
+            args,
+            workspace,
+            env=command_env(env),
+            on_line=on_line,
+        )
+        summary[part] = [line for line in result.tail if _TRANSFER.search(line)]
+    return summary
 
 
 def restore_from_run_cache(repo: str | Path, stage: str, on_line: Callable[[str], None]) -> None:

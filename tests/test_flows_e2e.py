@@ -278,9 +278,15 @@ def test_stage_runs_nest_under_the_pipeline_run_with_artifacts_on_s3(stack):
     client = MlflowClient(stack.services["mlflow"].url)
     experiment = client.get_experiment_by_name("ebmrl")
     runs = client.search_runs([experiment.experiment_id])
-    (parent,) = [r for r in runs if r.data.tags.get("ebmrl.kind") == "pipeline"]
+    (parent,) = [
+        r
+        for r in runs
+        if r.data.tags.get("ebmrl.kind") == "pipeline"
+        and r.data.tags.get("prefect.flow_run_id") == str(stack.flow_run.id)
+    ]
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["prefect.flow_run_id"] == str(stack.flow_run.id)
+    # Where each GPU stage ran: the name of its gpu worker (flows.services names them).
+    assert parent.data.tags["ebmrl.worker.grpo"].startswith("gpu-worker-")
     children = {
         r.info.run_name: r
         for r in runs
