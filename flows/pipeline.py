@@ -21,12 +21,15 @@ fails at once, with the command's last output lines in the error.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -45,9 +48,11 @@ from flows.commands import (
     default_remote,
     dvc,
     only_known_stages,
+    ready_stages,
     repro_stage_command,
     run_checked,
     stage_order,
+    stage_upstream,
 )
 from flows.mlflow_runs import Tracking, finish_parent_run, resolve_tracking, start_parent_run
 from flows.workspace import (
@@ -431,36 +436,66 @@ def pipeline(
     pending = None if force else changed_stages(repo)
     skipped: list[str] = []
     workers: dict[str, str] = {}  # GPU stage -> the worker that ran it
-    try:
-        for stage in selected:
-            if pending is not None and stage not in pending:
-                skipped.append(stage)
-                continue
-            started = time.monotonic()
-            if gpu_deployment and stage in gpu_stages:
-                handed = {
-                    "repo": repo,
-                    "parent_run_id": parent_run_id,
-                    "tracking_uri": tracking.uri,
-                    "experiment": tracking.experiment,
-                    "force": force,
-                    "pull": pull,
-                    "retries": retries,
-                    "retry_delay_s": retry_delay_s,
-                }
-                if workspaces:
-                    # The worker pulls what this checkout built: push it first.
+    # One DVC command at a time in this checkout (DVC's repository lock); with
+    # workspaces, GPU stages with no path between them run on their workers side by side.
+    dvc_here = threading.Lock()
+    side_by_side = bool(workspaces and gpu_deployment)
+    upstream = stage_upstream(repo)
+
+    def run_one(stage: str) -> None:
+        started = time.monotonic()
+        if gpu_deployment and stage in gpu_stages:
+            handed = {
+                "repo": repo,
+                "parent_run_id": parent_run_id,
+                "tracking_uri": tracking.uri,
+                "experiment": tracking.experiment,
+                "force": force,
+                "pull": pull,
+                "retries": retries,
+                "retry_delay_s": retry_delay_s,
+            }
+            if workspaces:
+                with dvc_here:  # the worker pulls what this checkout built: push it first
                     _retrying(push_outputs, retries, retry_delay_s)(repo)
                     origin = pipeline_origin(repo, git_url, allow_dirty=True)  # checked above
-                    handed["origin"] = origin.as_parameters()
-                workers[stage] = _run_on_pool(gpu_deployment, stage, handed, retries, worker_lost_s)
-                if workspaces:
+                handed["origin"] = origin.as_parameters()
+            workers[stage] = _run_on_pool(gpu_deployment, stage, handed, retries, worker_lost_s)
+            if workspaces:
+                with dvc_here:
                     _retrying(restore_stage, retries, retry_delay_s)(repo, stage)
-            else:
+        else:
+            with dvc_here:
                 stage_task(repo, stage, tracking.stage_env(parent_run_id), force, pull)
-            seconds[stage] = time.monotonic() - started
+        seconds[stage] = time.monotonic() - started
+
+    finished: set[str] = set()
+    started: set[str] = set()
+    running: dict[Future, str] = {}
+    executor = ThreadPoolExecutor(max_workers=max(1, len(selected)) if side_by_side else 1)
+    try:
+        while len(finished) < len(selected):
+            ready = ready_stages(selected, upstream, finished, started)
+            for stage in ready:
+                started.add(stage)
+                if pending is not None and stage not in pending:
+                    skipped.append(stage)
+                    finished.add(stage)
+                    continue
+                # Each thread needs the flow run's context (logger, task runs).
+                running[executor.submit(contextvars.copy_context().run, run_one, stage)] = stage
+            if not running:
+                if not ready:
+                    raise RuntimeError(f"no stage can start: {sorted(set(selected) - finished)}")
+                continue  # skipped stages may make others ready
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                stage = running.pop(future)
+                future.result()  # a failed stage stops the pipeline
+                finished.add(stage)
             if pending is not None:
-                pending = changed_stages(repo)
+                with dvc_here:
+                    pending = changed_stages(repo)
         if skipped:
             logger.info("up to date (dvc status), not run: %s", ", ".join(skipped))
         remote = default_remote(repo)
@@ -468,6 +503,7 @@ def pipeline(
             _retrying(push_outputs, retries, retry_delay_s)(repo)
         succeeded = True
     finally:
+        executor.shutdown(wait=True, cancel_futures=True)  # running stages end first
         finish_parent_run(
             tracking,
             parent_run_id,

@@ -18,10 +18,12 @@ from flows.commands import (
     command_env,
     is_transient,
     only_known_stages,
+    ready_stages,
     repro_stage_command,
     run_checked,
     run_streaming,
     stage_order,
+    stage_upstream,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,6 +179,35 @@ def test_changed_stages_fails_naming_dvc_status(tmp_path):
     (tmp_path / "dvc.yaml").write_text("stages: [not, a, mapping]\n")
     with pytest.raises(CommandFailed, match="dvc status"):
         changed_stages(tmp_path)
+
+
+def test_evaluate_and_videoqa_are_ready_together_and_nothing_runs_before_its_upstream(tmp_path):
+    """The pipeline starts every ready stage at once (with workspaces): in this DAG
+    evaluate and videoqa have no path between them, so both start when grpo is done."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, work / name)
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=work, check=True)
+    order = stage_order(work)
+    upstream = stage_upstream(work)
+    assert {"sft", "annotate", "frames"} <= upstream["grpo"]
+    assert "videoqa" not in upstream["evaluate"] and "evaluate" not in upstream["videoqa"]
+    finished: set[str] = set()
+    started: set[str] = set()
+    batches = []
+    while len(finished) < len(order):
+        ready = ready_stages(order, upstream, finished, started)
+        assert ready, (finished, order)
+        for stage in ready:
+            assert upstream[stage] <= finished  # never before its upstream
+        batches.append(set(ready))
+        started |= set(ready)
+        finished |= set(ready)
+    assert any({"evaluate", "videoqa"} <= batch for batch in batches), batches
+    # Only a selection's own stages count: its upstream outside it is taken as done.
+    selection = [s for s in order if s in ("evaluate", "videoqa")]
+    assert ready_stages(selection, upstream, set(), set()) == selection
 
 
 def test_unknown_stage_names_fail_permanently_naming_them():
