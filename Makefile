@@ -88,7 +88,7 @@ pipeline: $(STAMP)
 GPU_SCRATCH ?= $(HOME)/.cache/ebmrl/workspaces
 gpu-worker: $(STAMP)
 	mkdir -p $(GPU_SCRATCH)
-	EBMRL_SCRATCH=$(abspath $(GPU_SCRATCH)) EBMRL_CODE_DIR=$(CURDIR) PATH=$(BIN):$$PATH \
+	EBMRL_SCRATCH=$(abspath $(GPU_SCRATCH)) PATH=$(BIN):$$PATH \
 		$(BIN)/prefect worker start --pool gpu --type process --limit 1 \
 		--name gpu-$$(hostname)-$$$$
 

@@ -325,8 +325,6 @@ def start_worker(
     if limit:
         cmd += ["--limit", str(limit)]
     full_env = {**os.environ, **(env or {}), **prefect_env(run_dir, api_url)}
-    # The gpu deployment's flow code: this checkout (prefect.yaml's pull step).
-    full_env.setdefault("EBMRL_CODE_DIR", str(Path.cwd()))
     # The worker runs flows from the repository: its venv first on PATH (dvc, ebmrl).
     full_env["PATH"] = f"{bin_dir()}{os.pathsep}{full_env.get('PATH', '')}"
     name = f"worker-{pool}"

@@ -87,7 +87,7 @@ def test_make_has_the_service_targets():
     assert "deployment run ebmrl-pipeline/default" in dry.stdout
 
 
-def test_make_gpu_worker_starts_a_gpu_pool_worker_with_a_scratch_folder(deployments):
+def test_make_gpu_worker_starts_a_gpu_pool_worker_with_a_scratch_folder():
     dry = subprocess.run(
         ["make", "-n", "gpu-worker", "GPU_SCRATCH=/scratch/ebmrl"],
         cwd=REPO,
@@ -97,12 +97,6 @@ def test_make_gpu_worker_starts_a_gpu_pool_worker_with_a_scratch_folder(deployme
     assert dry.returncode == 0, dry.stderr
     assert "EBMRL_SCRATCH=/scratch/ebmrl" in dry.stdout
     assert "worker start --pool gpu --type process --limit 1" in dry.stdout
-    # The worker runs the stage flow's code from its own checkout (EBMRL_CODE_DIR).
-    assert f"EBMRL_CODE_DIR={REPO}" in dry.stdout
-    (step,) = deployments["gpu"]["pull"]
-    assert step["prefect.deployments.steps.set_working_directory"]["directory"] == (
-        "{{ EBMRL_CODE_DIR }}"
-    )
     assert flows_pipeline.SCRATCH_ENV == "EBMRL_SCRATCH"
 
 
