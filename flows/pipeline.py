@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextvars
 import os
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -234,9 +235,12 @@ def stage_flow(
         tracking = _tracking_for(workspace, tracking_uri, experiment)
         env = tracking.stage_env(parent_run_id) if parent_run_id else {}
         env.update(stage_environment(Origin(**origin), os.environ))
-        return _retrying(run_stage_in_workspace, retries, retry_delay_s)(
+        seconds = _retrying(run_stage_in_workspace, retries, retry_delay_s)(
             workspace, stage, env, force
         )
+        # Everything it made is on the remote now; a failed run's folder stays, to look at.
+        shutil.rmtree(workspace, ignore_errors=True)
+        return seconds
     repo = str(Path(repo).resolve())
     tracking = _tracking_for(repo, tracking_uri, experiment)
     env = tracking.stage_env(parent_run_id) if parent_run_id else {}
