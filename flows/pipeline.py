@@ -31,7 +31,6 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -252,13 +251,9 @@ def stage_flow(
 
 def _worker_silent_for(client: Any, pool: str, worker: str) -> float | None:
     """Seconds since the named worker's last heartbeat (None: not known to the pool)."""
-    from datetime import datetime
+    from datetime import UTC, datetime
 
-    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterName
-
-    found = client.read_workers_for_work_pool(
-        pool, worker_filter=WorkerFilter(name=WorkerFilterName(any_=[worker]))
-    )
+    found = [w for w in client.read_workers_for_work_pool(pool) if w.name == worker]
     if not found or found[0].last_heartbeat_time is None:
         return None
     return (datetime.now(UTC) - found[0].last_heartbeat_time).total_seconds()
