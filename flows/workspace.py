@@ -240,7 +240,38 @@ def reproduce_and_push(
             on_line=on_line,
         )
         summary[part] = [line for line in result.tail if _TRANSFER.search(line)]
+    pushed = push_uncached_outputs(workspace, stage)
+    if pushed:
+        on_line(f"{pushed} uncached output(s) of {stage} pushed for its run-cache entry")
+        summary["push"].append(f"{pushed} uncached output(s) pushed")
     return summary
+
+
+def push_uncached_outputs(workspace: str | Path, stage: str) -> int:
+    """Push the files of the stage's ``cache: false`` outputs (its git-tracked metrics):
+    its run-cache entry names them, and DVC's run cache stored them in the local cache,
+    but ``dvc push --run-cache`` does not send them, so the pipeline could not restore
+    the stage from that entry."""
+    from dvc.repo import Repo
+
+    with Repo(str(workspace)) as repo:
+        # Addressed from the workspace's root (DVC resolves a bare name from the cwd).
+        target = stage if ":" in stage else f"dvc.yaml:{stage}"
+        (found,) = repo.stage.collect(str(Path(repo.root_dir) / target))
+        infos = [out.hash_info for out in found.outs if not out.use_cache and out.hash_info]
+        if not infos:
+            return 0
+        result = repo.cloud.push(infos)
+        if result.failed:
+            raise CommandFailed(
+                f"dvc push {stage}",
+                1,
+                [
+                    f"could not push the uncached outputs of {stage}: {sorted(map(str, result.failed))}"
+                ],
+                transient=True,
+            )
+        return len(infos)
 
 
 def restore_from_run_cache(repo: str | Path, stage: str, on_line: Callable[[str], None]) -> None:

@@ -42,6 +42,8 @@ STAGE_SCRIPT = textwrap.dedent(
     with open(os.environ["STAGE_RUNS"], "a") as runs:
         runs.write(name + "\\n")
     Path(sys.argv[3]).write_text(Path(sys.argv[2]).read_text().upper())
+    if name == "second":
+        Path("b.json").write_text('{"letters": 3}\\n')
     """
 )
 
@@ -73,6 +75,8 @@ def two_machines(tmp_path, monkeypatch):
             "cmd": "python stage.py second a.txt b.txt",
             "deps": ["stage.py", "a.txt"],
             "outs": ["b.txt"],
+            # git-tracked like metrics/sft.json: it must come back through the run cache too
+            "metrics": [{"b.json": {"cache": False}}],
         },
         "third": {
             "cmd": "python stage.py third b.txt c.txt",
@@ -115,6 +119,7 @@ def test_a_stage_runs_in_its_own_workspace_and_the_pipeline_restores_it(two_mach
     assert runs.read_text() == "second\n"
     assert any("is cached - skipping run" in line for line in restored), restored
     assert (pipeline / "b.txt").read_text() == "ONE\n"
+    assert (pipeline / "b.json").read_text() == '{"letters": 3}\n'  # the uncached metric
     assert "third" in changed_stages(pipeline) and "second" not in changed_stages(pipeline)
     # A stage nobody pushed cannot be restored: it fails, naming why, and is not computed.
     with pytest.raises(CommandFailed, match="not computed here"):
