@@ -497,7 +497,8 @@ def pipeline(
                     pending = changed_stages(repo)
         if skipped:
             logger.info("up to date (dvc status), not run: %s", ", ".join(skipped))
-        remote = default_remote(repo)
+        # Nothing ran: nothing new to push (a no-op pipeline costs what `dvc status` costs).
+        remote = default_remote(repo) if (push or seconds) else None
         if push or (push is None and remote):
             _retrying(push_outputs, retries, retry_delay_s)(repo)
         succeeded = True
