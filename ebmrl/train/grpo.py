@@ -183,7 +183,9 @@ def train_grpo(
         start=model_identity(section.init_model),
         rows=[(r["prompt_id"], r["clip_id"], r["reference"]) for r in rows],
     )
-    store = CheckpointStore.for_run(checkpoints_uri, "grpo", fingerprint) if checkpoints_uri else None
+    store = (
+        CheckpointStore.for_run(checkpoints_uri, "grpo", fingerprint) if checkpoints_uri else None
+    )
     if store is not None:
         trainer.add_callback(sync_callback(store, section.save_total_limit))
     resume = checkpoint_to_resume(checkpoints, fingerprint, is_main_process, store)

@@ -124,7 +124,9 @@ def train_sft(
         start=model_identity(models.vlm),
         rows=[(r["prompt_id"], r["clip_id"], r["completion"]) for r in train_rows],
     )
-    store = CheckpointStore.for_run(checkpoints_uri, "sft", fingerprint) if checkpoints_uri else None
+    store = (
+        CheckpointStore.for_run(checkpoints_uri, "sft", fingerprint) if checkpoints_uri else None
+    )
     if store is not None:
         trainer.add_callback(sync_callback(store, section.save_total_limit))
     resume = checkpoint_to_resume(checkpoints, fingerprint, is_main_process, store)
