@@ -32,6 +32,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.stages.inputs import prepare_training_stage
     from ebmrl.train.sft import sft_rows, train_sft
 
+    if not args.no_tracking:
+        tracking.require_mlflow()  # before any model loads
+
     section, models, tags = params.sft, params.models, params.tag_names()
     started = time.perf_counter()
     is_main, inputs, model, processor = prepare_training_stage(

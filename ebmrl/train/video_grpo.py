@@ -27,7 +27,8 @@ It also makes the loss the paper's:
 
 It overrides private TRL methods (``_tokenize_prompts``, ``_generate_and_score_completions``,
 ``_calculate_rewards``, ``_generate_single_turn``, ``_get_per_token_logps_and_entropies``,
-``_compute_loss``): TRL is pinned exactly, and ``tests/test_video_grpo.py`` asserts the
+``_compute_loss``): TRL is pinned exactly, ``ebmrl.train.trl_contract`` checks their
+signatures when the trainer is built, and ``tests/test_video_grpo.py`` asserts the
 contract (the vision tower receives a non-zero gradient; the advantages in the loss are
 ``combine``'s; the clamp), so an upgrade that breaks it fails loudly.
 """
@@ -45,6 +46,7 @@ from ebmrl.frame_store import FrameStore
 from ebmrl.models.vlm import encode, strip_none_keys, vision_pad_token_ids
 from ebmrl.rewards.aggregate import PAPER_EPS, Aggregation, combine
 from ebmrl.train.resume import ResumeWithConvertedKeys
+from ebmrl.train.trl_contract import check_overrides
 from ebmrl.train.vllm_video import prepare_colocated_engine, video_item
 
 # Keys under which per-row video features travel in TRL's batch dicts. Lists and
@@ -128,6 +130,7 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
         kl_clamp: float | None = None,
         **kwargs: Any,
     ):
+        check_overrides(type(self), GRPOTrainer)  # before any work: an upgrade fails here
         if kl_clamp is not None and not kl_clamp > 0:
             raise ValueError(f"kl_clamp must be > 0 (or None), got {kl_clamp}")
         self.frame_store = frame_store
