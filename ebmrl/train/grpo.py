@@ -63,18 +63,19 @@ def build_rewards(params: Params, frame_store: FrameStore, processor: Any):
     """Reward functions (loading only the reward models whose weight is not 0) and the PCG
     scorer, whose model is bound once the trainer (and its reference model) exists."""
     from ebmrl.rewards import loading
+    from ebmrl.rewards.registry import RewardModels
     from ebmrl.rewards.trl_adapter import build_reward_funcs
 
     weights = params.rewards.weights
-    pcg = loading.pcg_scorer(params, None, processor, frame_store) if weights.pcg else None
-    setup = build_reward_funcs(
-        params,
-        clip_encoder=loading.clip_encoder(params) if weights.clip else None,
+    pcg = loading.pcg_scorer(params, None, processor, frame_store) if weights["pcg"] else None
+    models = RewardModels(
+        clip_encoder=loading.clip_encoder(params) if weights["clip"] else None,
         frame_store=frame_store,
-        answer_scorer=loading.answer_scorer(params) if weights.answer else None,
+        answer_scorer=loading.answer_scorer(params) if weights["answer"] else None,
         pcg_scorer=pcg,
-        sentence_embedder=loading.sentence_embedder(params) if weights.pcg else None,
+        sentence_embedder=loading.sentence_embedder(params) if weights["pcg"] else None,
     )
+    setup = build_reward_funcs(params.rewards, params.tag_names(), models)
     return setup, pcg
 
 
