@@ -67,6 +67,7 @@ def test_plot_definitions(dvc_yaml):
     assert "html_template = plots/offline_page.html" in config
 
 
+@pytest.mark.slow
 def test_dvc_plots_show_renders_offline(tmp_path):
     """`dvc plots show` with the repo's config and templates: a page without any network
     reference whose charts really draw (vega marks in the DOM, ink in a screenshot)."""

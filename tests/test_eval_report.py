@@ -215,6 +215,7 @@ def test_svg_charts_are_well_formed():
     assert svg.reward_series([{"step": 1, "loss": 2.0}]) == {}
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path):
     page = tmp_path / "index.html"
     page.write_text(render_report(report_data()), encoding="utf-8")

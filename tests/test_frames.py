@@ -86,6 +86,7 @@ def test_many_clips_per_shard_and_small_shards_split(tmp_path, tasks, embedder):
         assert np.array_equal(store.frames(clip_id), reference.frames(clip_id))
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_same_store_as_one_process(tmp_path, tasks, embedder):
     build(tasks, tmp_path / "inline", embedder, workers=0)
     build(tasks, tmp_path / "pool", embedder, workers=2)
@@ -128,6 +129,7 @@ def test_writer_checks_shapes(tmp_path):
     writer.add("c", np.zeros((5, 4, 4, 3), np.uint8), np.ones((3, 8)), {"clip_indices": [0, 1, 2]})
 
 
+@pytest.mark.slow
 def test_frames_stage_with_real_h264_clip_is_resized(tmp_path, embedder):
     from test_ingest import real_clip
 

@@ -69,6 +69,7 @@ def run_without_pipeline(view, *args, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_the_core_and_trainers_import_without_the_pipeline_extra(site_without_pipeline):
     code = (
         "import sys\n"
@@ -87,6 +88,7 @@ def test_the_core_and_trainers_import_without_the_pipeline_extra(site_without_pi
     assert result.stdout.strip() == "none"
 
 
+@pytest.mark.slow
 def test_a_tracked_stage_without_mlflow_names_the_extra_before_any_work(site_without_pipeline):
     result = run_without_pipeline(site_without_pipeline, "-m", "ebmrl.cli", "grpo", timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]

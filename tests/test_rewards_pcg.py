@@ -129,6 +129,7 @@ trace_text = st.lists(
 @example("<vision>a</vision>x</vision><think>b</think>", AUTHORS_TAGS)
 @example("<vision>a</vision><b></vision> <think>b</think>", AUTHORS_TAGS)
 @example("<vision><vision>a</vision><think></think></think>", AUTHORS_TAGS)
+@pytest.mark.slow
 def test_trace_block_is_the_authors_regex_search(text, tags):
     assert trace_block(text, tags) == authors_trace(text, tags)
 

@@ -112,6 +112,7 @@ def table_reward(name):
 
 
 @pytest.mark.parametrize("mode", ["normalize_then_sum", "sum_then_normalize"])
+@pytest.mark.slow
 def test_combine_gives_the_advantages_of_a_real_grpo_step(tiny_policy, tmp_path, mode):
     trainer = run_one_grpo_step(
         tiny_policy,
@@ -168,6 +169,7 @@ def params_with(**rewards):
     return config.validate(data)
 
 
+@pytest.mark.slow
 def test_our_reward_functions_run_in_a_real_grpo_step(tiny_policy, tmp_path, reward_deps):
     params = params_with(pcg={"leak_filter": {"enabled": True, "threshold": 0.9}})
     setup = build_reward_funcs(params.rewards, params.tag_names(), reward_deps)
@@ -279,6 +281,7 @@ def test_a_missing_dependency_is_named():
     assert build_reward_funcs(params.rewards).names == ["format"]  # nothing else needed
 
 
+@pytest.mark.slow
 def test_a_reward_added_through_params_alone_is_trained_on_and_logged(tiny_policy, tmp_path):
     """One function (tests/toy_rewards.py) and two params keys: TRL trains on it and logs
     rewards/brevity/mean next to the built-in rewards, with its diagnostics."""

@@ -181,6 +181,7 @@ def test_grpo_raises_the_total_reward(tmp_path, tiny_models, inputs, sft_result)
 
 
 # --------------------------------------------------------------------- bad input
+@pytest.mark.slow
 def test_empty_train_split_is_a_clear_error(tmp_path, tiny_models, inputs):
     params = params_for(tmp_path, tiny_models)
     empty = TrainingInputs(
@@ -420,6 +421,7 @@ def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
 
 
 # ------------------------------------------------------------------------ resume
+@pytest.mark.slow
 def test_resume_loads_every_weight_of_the_checkpoint(tmp_path, tiny_models, sft_result):
     """transformers 5.24's Trainer resumes Qwen2.5-VL with none of the checkpoint's weights
     (saved key names differ from module names); our trainers load them all."""

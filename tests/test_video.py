@@ -79,6 +79,7 @@ def test_sample_frames_resize(demo_data):
 
 
 @pytest.mark.parametrize("name", ["bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"])
+@pytest.mark.slow
 def test_real_h264_clips_match_pyav(name):
     path = real_clip(name)
     info = video.probe(path)
@@ -199,6 +200,7 @@ def test_policy_frame_indices_hand_computed(total, fps, expected):
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(2, 5_000), st.floats(1, 60), st.integers(2, 8), st.integers(8, 32))
+@pytest.mark.slow
 def test_policy_frame_indices_are_qwen_vl_utils_rule(total, fps, min_frames, max_frames):
     got = video.policy_frame_indices(
         total, fps, sample_fps=2.0, min_frames=min_frames, max_frames=max_frames

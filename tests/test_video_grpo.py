@@ -86,6 +86,7 @@ def tiny_trainer(tiny_models, store, tmp_path, **kwargs):
     return trainer, model, processor
 
 
+@pytest.mark.slow
 def test_vision_tower_gets_gradient_in_a_grpo_step(tiny_models, frame_store, tmp_path):
     trainer, model, _ = tiny_trainer(tiny_models, frame_store, tmp_path)
     probe = VisionGradProbe(model)
@@ -102,6 +103,7 @@ def test_pad_tokens_are_suppressed_in_generation(tiny_models, frame_store, tmp_p
     assert {model.config.video_token_id, model.config.image_token_id} <= suppressed
 
 
+@pytest.mark.slow
 def test_missing_clip_is_a_clear_error(tiny_models, frame_store, tmp_path):
     from ebmrl.frame_store import MissingClipError
 
@@ -156,6 +158,7 @@ def recording_rewards():
     return [varied, constant_first, sometimes_none], generated
 
 
+@pytest.mark.slow
 def test_advantages_in_the_loss_are_combine_of_the_logged_rewards(
     tiny_models, frame_store, tmp_path
 ):

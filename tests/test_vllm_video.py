@@ -215,6 +215,7 @@ def test_generate_without_clips_is_an_error():
 
 
 @pytest.mark.skipif(vllm_unavailable_reason() is None, reason="vLLM and a GPU are present")
+@pytest.mark.slow
 def test_use_vllm_without_vllm_fails_before_any_work(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["grpo"]["use_vllm"] = True
