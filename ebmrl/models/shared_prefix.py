@@ -74,6 +74,29 @@ def unsupported_reason(model: Any) -> str | None:
     return None
 
 
+class VisionCalls:
+    """Counts the calls of a VLM's real vision tower (a forward hook on the module) and
+    the videos and images they encode, while in the ``with`` block."""
+
+    def __init__(self, model: Any):
+        self.visual = base_model(model).model.visual
+        self.calls = 0
+        self.items = 0  # videos + images encoded
+        self._handle = None
+
+    def _hook(self, module, args, kwargs, output) -> None:
+        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        self.calls += 1
+        self.items += int(grid.shape[0]) if grid is not None else 1
+
+    def __enter__(self) -> VisionCalls:
+        self._handle = self.visual.register_forward_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+
 def group_rows(keys: Sequence[Hashable]) -> list[list[int]]:
     """Rows with equal keys, as lists of row indices, in order of first appearance."""
     groups: dict[Hashable, list[int]] = {}
