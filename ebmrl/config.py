@@ -486,15 +486,26 @@ class GrpoSection(TrainingSection):
 # ----------------------------------------------------------------------- evaluation
 SystemName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=40)]
 JudgeMetricName = Literal["veg", "spc", "cn"]
+# ebmrl: ours (the stricter reading); authors: as the authors' released scripts score.
+Protocol = Literal["ebmrl", "authors"]
 
 
 class EvalSystemSection(Section):
     """A system to evaluate: a model folder or hub id (null: ``models.vlm``), generated
-    locally, or by an OpenAI-compatible endpoint serving it when ``base_url`` is set."""
+    locally, or by an OpenAI-compatible endpoint serving it when ``base_url`` is set.
+
+    ``prompt`` and ``frames`` make the paper's baselines without code: the base VLM with
+    the three-block prompt (``ebm``, what training uses), a plain chain of thought
+    (``cot``: think, then answer) or a direct answer (``vanilla``: the answer block
+    alone); ``frames: false`` withholds the clip (a text-only role-play baseline, e.g.
+    any OpenAI-compatible chat endpoint).
+    """
 
     name: SystemName
     model: str | None = None
     base_url: str | None = None
+    prompt: Literal["ebm", "cot", "vanilla"] = "ebm"
+    frames: bool = True
 
     @field_validator("base_url")
     @classmethod
@@ -536,19 +547,38 @@ class PairwiseSection(Section):
         return pairs
 
 
+AUTHORS_JUDGE_SUBSET = 100  # the authors' judge scores a random 100 test samples
+
+
 class JudgeSection(Section):
     """The VEG/SPC/CN judge: any OpenAI-compatible endpoint (``backend.kind: http``) or a
     local VLM; ``serve_local`` puts a local judge behind ``ebmrl serve``'s HTTP server
-    inside the stage, so the demo runs the same HTTP path as a hosted judge."""
+    inside the stage, so the demo runs the same HTTP path as a hosted judge.
+
+    ``protocol``: ``ebmrl`` (ours) takes a reply only when it is entirely valid and
+    records anything else as not scored (coverage reported); ``authors`` reads each
+    candidate's score from the reply on its own, scores a candidate it cannot read 0 and
+    averages that in (a reply with nothing readable drops the sample, as their script
+    does), and judges a seeded random ``subset`` of the samples. With ``authors`` the
+    metrics and the report carry both averages.
+    """
 
     enabled: bool = True
     backend: BackendSection = BackendSection()
     serve_local: bool = False
+    protocol: Protocol = "ebmrl"
+    # Judge a seeded random subset of this many evaluated samples (null: the protocol's
+    # default: every sample with ebmrl, 100 with authors).
+    subset: PositiveInt | None = None
+    subset_seed: int = 42
     metrics: list[JudgeMetricName] = Field(
         default_factory=lambda: ["veg", "spc", "cn"], min_length=1
     )
     frames: Annotated[int, Field(ge=1, le=64)] = 8  # sent with VEG and SPC
-    frame_max_side: Annotated[int, Field(ge=32, le=4096)] = 448
+    # clip: read from the raw clip (the frame store's record of it), as the authors;
+    # store: picked from the policy's (fewer, smaller) stored frames.
+    frame_source: Literal["clip", "store"] = "clip"
+    frame_max_side: Annotated[int, Field(ge=32, le=4096)] = 512
     max_tokens: Annotated[int, Field(ge=16, le=32768)] = 512
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # requests per judgement (re-asks)
     seed: int = 0  # label shuffling (and the backend's sampling seed)
@@ -567,6 +597,22 @@ class JudgeSection(Section):
             raise ValueError("serve_local: true serves a local judge: set backend.kind: local")
         return self
 
+    def subset_size(self) -> int | None:
+        """How many samples the judge scores (None: all)."""
+        if self.subset is not None:
+            return self.subset
+        return AUTHORS_JUDGE_SUBSET if self.protocol == "authors" else None
+
+
+class DecodingSection(Section):
+    """How each system writes its role-play outputs. Temperature 0 is greedy (ours: the
+    same text on every run); the authors sample at temperature 0.7 with top-p 0.9 (their
+    runs are unseeded; ``seed`` makes ours repeatable)."""
+
+    temperature: Annotated[float, Field(ge=0, le=5)] = 0.0
+    top_p: Probability = 1.0
+    seed: int = 0
+
 
 class AutoMetricsSection(Section):
     bertscore: bool = True  # model: models.text_encoder
@@ -582,7 +628,8 @@ class EvaluateSection(Section):
     split: Literal["train", "test"] = "test"
     max_samples: PositiveInt | None = None  # the first N samples of the split (null: all)
     systems: list[EvalSystemSection] = Field(default_factory=_default_systems, min_length=1)
-    max_new_tokens: PositiveInt = 256  # greedy generation of each system's output
+    max_new_tokens: PositiveInt = 256  # generation of each system's output
+    decoding: DecodingSection = DecodingSection()
     # Requests to each system (an endpoint, or its local model): retries, concurrency.
     system_requests: RequestsSection = RequestsSection()
     cache: str = "data/eval_cache"  # outputs and judgements; reruns reuse them
@@ -619,6 +666,7 @@ class BenchmarkSection(Section):
     answers: str | None = None  # activitynet_qa: *_a.json
     videos: str = Field(min_length=1)
     video_map: str | None = None  # JSON: video key -> path under videos
+    # A random subset of this many questions, seeded by videoqa.subset_seed (null: all).
     max_questions: PositiveInt | None = None
 
     @model_validator(mode="after")
@@ -631,10 +679,20 @@ class BenchmarkSection(Section):
 
 
 class VideoQASection(Section):
-    """Zero-shot VideoQA of each system (greedy, the <perception><think><answer> prompt)."""
+    """Zero-shot VideoQA of each system (greedy, the <perception><think><answer> prompt).
+
+    ``protocol``: ``ebmrl`` (ours) writes options ``(A)``... and asks for a letter;
+    ``authors`` writes ``(0)``...``(4)`` and asks for a digit, and for PororoQA adds a
+    character list and the frames of the shots around the supporting shot. Either way
+    both accuracies are reported: our lenient parser's (``accuracy``) and the authors'
+    exact match of the answer block (``authors.accuracy``). ``max_questions`` draws a
+    subset seeded by ``subset_seed`` (the authors: 42).
+    """
 
     systems: list[EvalSystemSection] = Field(default_factory=_default_systems, min_length=1)
     benchmarks: list[BenchmarkSection] = Field(default_factory=list)
+    protocol: Protocol = "ebmrl"
+    subset_seed: int = 42
     frames: Annotated[int, Field(ge=1, le=256)] = 8  # paper: 32
     max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 100_352
     max_new_tokens: PositiveInt = 128
@@ -646,6 +704,17 @@ class VideoQASection(Section):
     torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
 
     _unique = field_validator("systems")(_unique_names)
+
+    @field_validator("systems")
+    @classmethod
+    def _videoqa_prompt(cls, systems: list[EvalSystemSection]) -> list[EvalSystemSection]:
+        for system in systems:
+            if system.prompt != "ebm" or not system.frames:
+                raise ValueError(
+                    f"system {system.name!r}: VideoQA asks with the three-block prompt and the "
+                    "clip; prompt and frames are role-play baseline settings (evaluate.systems)"
+                )
+        return systems
 
     @field_validator("benchmarks")
     @classmethod

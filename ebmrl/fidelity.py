@@ -88,13 +88,51 @@ SETTINGS: tuple[tuple[str, Getter, Any], ...] = (
     ("grpo.kl_clamp", lambda p: p.grpo.kl_clamp, 10.0),
     ("grpo.kl_bias_correction", lambda p: p.grpo.kl_bias_correction, False),
     ("grpo.max_completion_length", lambda p: p.grpo.max_completion_length, 1024),
+    (
+        "evaluate.decoding (T, p, tokens)",
+        lambda p: {
+            "temperature": p.evaluate.decoding.temperature,
+            "top_p": p.evaluate.decoding.top_p,
+            "max_new_tokens": p.evaluate.max_new_tokens,
+        },
+        {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 2048},
+    ),
+    (
+        "evaluate.systems[].prompt",
+        lambda p: sorted({s.prompt for s in p.evaluate.systems}),
+        ["cot", "ebm", "vanilla"],
+    ),
+    (
+        "evaluate.judge (protocol, subset)",
+        lambda p: {
+            "protocol": p.evaluate.judge.protocol,
+            "n": p.evaluate.judge.subset_size() or "all",
+        },
+        {"protocol": "authors", "n": 100},
+    ),
+    (
+        "evaluate.judge frames (n,src,px)",
+        lambda p: {
+            "frames": p.evaluate.judge.frames,
+            "source": p.evaluate.judge.frame_source,
+            "side": p.evaluate.judge.frame_max_side,
+        },
+        {"frames": 8, "source": "clip", "side": 512},
+    ),
+    (
+        "videoqa (protocol, frames)",
+        lambda p: {"protocol": p.videoqa.protocol, "frames": p.videoqa.frames},
+        {"protocol": "authors", "frames": 32},
+    ),
 )
 
 # Behaviour that is code, the same in every profile and the same as the authors'.
 SAME_IN_CODE = (
     "answer = first <answer> to first </answer>; CLIP text uncut before its 77 tokens; "
     "SentTopK k = max(1, floor(0.2 T)); PCG trace = their regex search; "
-    "advantages = combine (eps 1e-6, no batch rescale)"
+    "advantages = combine (eps 1e-6, no batch rescale); judge: T 0, one prompt per "
+    "sample, shuffled labels; spoken line = <answer> (any case, unclosed: to the end) "
+    "else the text minus think/perception"
 )
 
 # Behaviour that is code and differs on purpose: (what, ours, the authors').
@@ -102,6 +140,8 @@ DELIBERATE: tuple[tuple[str, str, str], ...] = (
     ("reward constant in a group", "contributes exactly 0", "(r - mean) / 1e-6"),
     ("clip without CLIP embeddings", "error before training", "CLIP reward -1"),
     ("prompt wording", "our own words, same rules", "their text"),
+    ("judge reply", "one JSON object, seeded runs", "their text blocks, unseeded"),
+    ("judge frames under 512 px", "kept as they are", "enlarged to 512"),
 )
 
 

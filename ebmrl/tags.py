@@ -18,6 +18,7 @@ for the first block.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -114,12 +115,19 @@ def as_text(value: object) -> str:
         return ""
 
 
-def first_block(text: str, tag: str) -> str | None:
+def first_block(text: str, tag: str, *, ignore_case: bool = False) -> str | None:
     """Inner text (unstripped) from the first ``<tag>`` to the first ``</tag>`` after it.
 
-    Exactly what ``re.search(f"<{tag}>(.*?)</{tag}>", text, re.DOTALL)`` captures: when
-    the first opener has no closer after it, no later opener has one either.
+    Exactly what ``re.search(f"<{tag}>(.*?)</{tag}>", text, re.DOTALL)`` captures (with
+    ``re.IGNORECASE`` when ``ignore_case``): when the first opener has no closer after
+    it, no later opener has one either.
     """
+    if ignore_case:
+        opener = re.compile(f"<{re.escape(tag)}>", re.IGNORECASE).search(text)
+        if opener is None:
+            return None
+        closer = re.compile(f"</{re.escape(tag)}>", re.IGNORECASE).search(text, opener.end())
+        return None if closer is None else text[opener.end() : closer.start()]
     open_tag, close_tag = f"<{tag}>", f"</{tag}>"
     open_at = text.find(open_tag)
     if open_at < 0:
@@ -224,15 +232,57 @@ def parse_roles(
     return ParsedBlocks({role: by_tag[tag] for role, tag in zip(ROLES, names, strict=True)})
 
 
-def strip_blocks(text: object, tags: Iterable[str] = DEFAULT_TAGS) -> str:
-    """The text with every block of ``tags`` and any stray tag removed.
+def _tag_pattern(tags: Iterable[str]) -> re.Pattern[str]:
+    names = sorted({str(t) for t in tags}, key=len, reverse=True)
+    return re.compile("<(/?)(" + "|".join(re.escape(n) for n in names) + ")>", re.IGNORECASE)
 
-    Used when a judge needs the spoken line of an output that has no ``<answer>``.
+
+def open_block(text: object, tag: str) -> str | None:
+    """Content (unstripped) from the first ``<tag>`` to the first ``</tag>`` after it, or to
+    the end of the text when it is never closed; tags matched case-insensitively; None
+    without an opener. How the authors' judge reads the spoken line (a truncated output
+    still said what it said)."""
+    source = as_text(text)
+    opener = re.compile(f"<{re.escape(tag)}>", re.IGNORECASE).search(source)
+    if opener is None:
+        return None
+    closer = re.compile(f"</{re.escape(tag)}>", re.IGNORECASE).search(source, opener.end())
+    return source[opener.end() : closer.start() if closer else len(source)]
+
+
+def strip_blocks(text: object, tags: Iterable[str] = DEFAULT_TAGS) -> str:
+    """The text with every block of ``tags`` and any stray tag of them removed,
+    whitespace collapsed.
+
+    Blocks go as ``re.sub(r"<(t1|t2|...)>.*?</\\1>", " ", text, flags=re.I | re.S)``
+    removes them: the leftmost opener that has a closer of its own tag after it, to that
+    first closer, then on from there; tag names match case-insensitively. Done over the
+    tags' positions (found once), so it stays linear whatever the input. Used for the
+    spoken line of an output that has no ``<answer>`` and for VideoQA answers.
     """
     source = as_text(text)
-    for tag in tags:
-        while (inner := first_block(source, tag)) is not None:
-            block = f"<{tag}>{inner}</{tag}>"
-            source = source.replace(block, " ", 1)
-        source = source.replace(f"<{tag}>", " ").replace(f"</{tag}>", " ")
-    return " ".join(source.split())
+    tokens = list(_tag_pattern(tags).finditer(source))
+    # For each token, the index of the next closer of the same tag (scanning backwards).
+    next_closer: list[int | None] = [None] * len(tokens)
+    last: dict[str, int] = {}
+    for i in range(len(tokens) - 1, -1, -1):
+        name = tokens[i].group(2).lower()
+        next_closer[i] = last.get(name)
+        if tokens[i].group(1):
+            last[name] = i
+    cuts: list[tuple[int, int]] = []
+    i = 0
+    while i < len(tokens):
+        j = None if tokens[i].group(1) else next_closer[i]
+        if j is None:  # a stray tag, or an opener never closed: the tag alone goes
+            cuts.append(tokens[i].span())
+            i += 1
+        else:
+            cuts.append((tokens[i].start(), tokens[j].end()))
+            i = j + 1
+    pieces, at = [], 0
+    for start, end in cuts:
+        pieces.append(source[at:start])
+        at = end
+    pieces.append(source[at:])
+    return " ".join(" ".join(pieces).split())

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,13 +282,26 @@ def sample_frames(
     (width, height) makes decord resize while decoding. Returns the frames, their
     indices and the clip's ``VideoInfo``.
     """
+
+    def pick(info: VideoInfo) -> list[int]:
+        wanted = count if count is not None else frames_for_duration(info.duration_s, schedule)
+        return uniform_indices(info.num_frames, wanted)
+
+    return read_frames(uri, pick, size)
+
+
+def read_frames(
+    uri: str | Path,
+    pick: Callable[[VideoInfo], Sequence[int]],
+    size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, list[int], VideoInfo]:
+    """Decode the frames ``pick(info)`` names (indices into the clip) as a ``(T, H, W,
+    3)`` uint8 array; ``size`` = (width, height) makes decord resize while decoding."""
     width, height = size if size else (-1, -1)
     reader = _open_reader(uri, width=width, height=height)
     try:
         info = _info(str(uri), reader)
-        if count is None:
-            count = frames_for_duration(info.duration_s, schedule)
-        indices = uniform_indices(info.num_frames, count)
+        indices = [int(i) for i in pick(info)]
         frames = reader.get_batch(indices).asnumpy()
     except VideoError:
         raise

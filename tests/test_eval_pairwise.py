@@ -48,6 +48,16 @@ def test_tally_counts_and_win_rate():
         "not_scored": 1,
         "position_flips": 1,
         "win_rate": 0.625,
+        "net_win_rate": 0.25,  # (2 - 1) / 4
+        "decisive_win_rate": 0.6667,  # 2 / 3
+        "p_value": 1.0,  # 2 wins, 1 loss: every outcome of 3 is as likely or less
+        "first_order_only": 0,
+        "first_order_only_win": 0,
+        "first_order_only_tie": 0,
+        "first_order_only_loss": 0,
+        "confidence_high": 0,
+        "confidence_medium": 0,
+        "confidence_low": 0,
     }
     assert tally.reasons == {"judge unavailable: down": 1}
 
@@ -84,7 +94,8 @@ def test_a_judge_that_always_prefers_the_first_label_yields_ties(http_model, con
     )
     summary = pairwise_summary(results, [("grpo", "base")], ["veg", "cn"])["grpo_vs_base"]
     for metric in ("veg", "cn"):
-        assert summary[metric] == {
+        counts = ("win", "tie", "loss", "not_scored", "position_flips", "win_rate")
+        assert {k: summary[metric][k] for k in counts} == {
             "win": 0,
             "tie": 4,
             "loss": 0,
@@ -92,6 +103,9 @@ def test_a_judge_that_always_prefers_the_first_label_yields_ties(http_model, con
             "position_flips": 4,
             "win_rate": 0.5,
         }
+        # Nothing decisive: no decisive win rate and no p-value to report.
+        assert summary[metric]["net_win_rate"] == 0.0
+        assert "decisive_win_rate" not in summary[metric] and "p_value" not in summary[metric]
     # Both orders were really asked: 4 samples x 2 metrics x 2 orders (+ 8 listwise).
     assert sum(r["pairwise"] for r in model.requests) == 16
     # The same bias in the listwise prompt lands on whichever system drew label A.

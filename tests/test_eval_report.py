@@ -199,7 +199,7 @@ def test_report_has_every_section_escaped_and_offline():
     assert html.count("<img src='data:image/jpeg;base64,") == 4
     assert no_external_resources(html) == [] and "<script" not in html
     # The best value of a column is marked; a column where all are equal is not.
-    assert "<td class='best'>70.0" in html
+    assert "<td class='best p-ebmrl' data-protocol='ebmrl'>70.0" in html
 
 
 def test_svg_charts_are_well_formed():

@@ -121,6 +121,16 @@ def test_evaluate_end_to_end_with_a_judge_over_http(workspace, http_model, capsy
         "not_scored": 1,
         "position_flips": 0,
         "win_rate": 1.0,
+        "net_win_rate": 1.0,
+        "decisive_win_rate": 1.0,
+        "p_value": 0.25,  # 3 wins of 3: P(3 or 0 of 3) = 2 / 8
+        "first_order_only": 0,
+        "first_order_only_win": 0,
+        "first_order_only_tie": 0,
+        "first_order_only_loss": 0,
+        "confidence_high": 0,
+        "confidence_medium": 0,
+        "confidence_low": 0,
     }
     # 3 samples x 3 metrics, one request each (the empty base lines are never sent).
     assert (

@@ -42,6 +42,8 @@ def test_paper_profile_matches_the_authors_on_every_setting(paper):
         "reward constant in a group",
         "clip without CLIP embeddings",
         "prompt wording",
+        "judge reply",
+        "judge frames under 512 px",
     }
 
 
@@ -56,7 +58,32 @@ def test_demo_profile_shows_where_it_differs():
         "grpo.loss_type",
         "grpo.kl_clamp",
         "grpo.top_k",
+        "evaluate.decoding (T, p, tokens)",
+        "evaluate.judge (protocol, subset)",
+        "videoqa (protocol, frames)",
     } <= differing
+
+
+def test_paper_profile_evaluates_as_the_authors_ran_it(paper):
+    """Their RP inference script, judge script and VideoQA scripts, by hand."""
+    e = paper.evaluate
+    # inference_all_prompt_res.py: do_sample, temperature 0.7, top_p 0.9, 2,048 new tokens.
+    assert (e.decoding.temperature, e.decoding.top_p, e.max_new_tokens) == (0.7, 0.9, 2048)
+    # The paper's baselines: the base VLM with their three prompt modes, then SFT, GRPO.
+    assert [(s.name, s.model, s.prompt, s.frames) for s in e.systems] == [
+        ("base", None, "ebm", True),
+        ("base_cot", None, "cot", True),
+        ("base_vanilla", None, "vanilla", True),
+        ("sft", "models/sft/final", "ebm", True),
+        ("grpo", "models/grpo/final", "ebm", True),
+    ]
+    # Immersive-Video-RP-evaluate.py: 100 random samples, 8 frames at 512, zeros averaged.
+    j = e.judge
+    assert (j.protocol, j.subset_size(), j.frames, j.frame_max_side) == ("authors", 100, 8, 512)
+    assert j.frame_source == "clip"
+    # Generalization/*: 32 frames, digit options, exact match, seed 42.
+    v = paper.videoqa
+    assert (v.protocol, v.frames, v.subset_seed) == ("authors", 32, 42)
 
 
 def test_check_params_prints_the_table(tmp_path, capsys):

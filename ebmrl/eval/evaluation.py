@@ -3,7 +3,10 @@
 Inputs are plain data (samples, each system's outputs, judge contexts); the judge and the
 metric scorers are injected. Results are per sample (for the report) and per system (for
 ``metrics/eval.json``). A sample that cannot be scored keeps its reason in
-``not_scored``; summaries count it and never turn it into a number.
+``not_scored``; our summaries count it (``coverage``) and never turn it into a number.
+With the authors' protocol the summaries also carry the authors' figures (``authors``):
+a candidate whose score could not be read counts as 0 there, and a pairwise verdict
+kept from the first order counts as an outcome.
 """
 
 from __future__ import annotations
@@ -40,11 +43,17 @@ class PairResult:
     def error(self) -> str | None:
         return self.first.error or self.second.error
 
+    @property
+    def confidences(self) -> tuple[str | None, ...]:
+        return (self.first.confidence, self.second.confidence)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "outcome": self.outcome,
             "first": self.first.winner,
             "second": self.second.winner,
+            "first_order_only": self.first.winner is not None and self.second.winner is None,
+            "confidence": [self.first.confidence, self.second.confidence],
             "position_flip": bool(
                 self.outcome is not None and position_flip(self.first.winner, self.second.winner)
             ),
@@ -106,35 +115,56 @@ def judge_samples(
 
 
 # ----------------------------------------------------------------------- summaries
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def _headline(entry: Mapping[str, Any], metrics: Sequence[str]) -> float | None:
+    """The method's headline: the mean of the metrics (only when every one has a value)."""
+    means = [entry[m] for m in metrics if entry.get(m) is not None]
+    return _mean(means) if means and len(means) == len(metrics) else None
+
+
 def judge_summary(
-    judgements: Mapping[str, SampleJudgements], systems: Sequence[str], metrics: Sequence[str]
+    judgements: Mapping[str, SampleJudgements],
+    systems: Sequence[str],
+    metrics: Sequence[str],
+    protocol: str = "ebmrl",
 ) -> dict[str, dict[str, Any]]:
-    """Per system: each metric's mean over scored samples, counts, and reasons for gaps."""
+    """Per system: each metric's mean over scored samples, counts, coverage and reasons
+    for gaps; with ``protocol="authors"`` also ``authors``: the means with every zeroed
+    candidate counted as 0."""
     summary: dict[str, dict[str, Any]] = {}
     for system in systems:
         entry: dict[str, Any] = {"not_scored_reasons": Counter()}
-        means = []
+        authors: dict[str, Any] = {}
         for metric in metrics:
-            values, missing = [], 0
+            values, missing, zeros = [], 0, 0
             for sample in judgements.values():
                 judgement = sample.listwise.get(metric)
                 if judgement is None:
                     continue
                 if system in judgement.scores:
                     values.append(judgement.scores[system])
-                elif system in judgement.not_scored:
+                    continue
+                why = judgement.zeroed.get(system) or judgement.not_scored.get(system)
+                if why is not None:
                     missing += 1
-                    entry["not_scored_reasons"][_reason_kind(judgement.not_scored[system])] += 1
-            entry[metric] = round(sum(values) / len(values), 4) if values else None
+                    zeros += system in judgement.zeroed
+                    entry["not_scored_reasons"][_reason_kind(why)] += 1
+            entry[metric] = _mean(values)
             entry[f"{metric}_scored"] = len(values)
             entry[f"{metric}_not_scored"] = missing
-            if values:
-                means.append(entry[metric])
-        # The method's headline: the mean of the metrics (only when every one has a value).
-        entry["mean"] = (
-            round(sum(means) / len(means), 4) if means and len(means) == len(metrics) else None
-        )
+            if values or missing:
+                entry[f"{metric}_coverage"] = round(len(values) / (len(values) + missing), 4)
+            authors[metric] = _mean(values + [0.0] * zeros)
+            authors[f"{metric}_scored"] = len(values) + zeros
+            authors[f"{metric}_zeroed"] = zeros
+        entry["mean"] = _headline(entry, metrics)
         entry["not_scored_reasons"] = dict(entry["not_scored_reasons"])
+        if protocol == "authors":
+            authors["mean"] = _headline(authors, metrics)
+            entry["authors"] = authors
         summary[system] = entry
     return summary
 
@@ -148,8 +178,9 @@ def pairwise_summary(
     judgements: Mapping[str, SampleJudgements],
     pairs: Sequence[tuple[str, str]],
     metrics: Sequence[str],
-) -> dict[str, dict[str, dict[str, float | int]]]:
-    out: dict[str, dict[str, dict[str, float | int]]] = {}
+    protocol: str = "ebmrl",
+) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for x, y in pairs:
         name = pair_name(x, y)
         out[name] = {}
@@ -159,8 +190,10 @@ def pairwise_summary(
                 result = sample.pairwise.get(name, {}).get(metric)
                 if result is None:
                     continue
-                tally.add(result.first.winner, result.second.winner, result.error)
-            out[name][metric] = tally.as_dict()
+                tally.add(
+                    result.first.winner, result.second.winner, result.error, result.confidences
+                )
+            out[name][metric] = tally.as_dict(authors=protocol == "authors")
     return out
 
 
@@ -171,6 +204,7 @@ def metrics_file(
     judge: Mapping[str, Mapping[str, Any]] | None,
     auto: Mapping[str, Mapping[str, Any]],
     pairwise: Mapping[str, Any] | None,
+    judged_samples: int | None = None,
 ) -> dict[str, Any]:
     """The numbers of ``metrics/eval.json``: numeric leaves only (``dvc metrics`` reads
     them); a metric without a value is left out rather than written as null. What the
@@ -188,10 +222,23 @@ def metrics_file(
         entry: dict[str, Any] = {}
         if judge is not None:
             entry["judge"] = numbers(judge[system])
+            if "authors" in judge[system]:
+                entry["judge"]["authors"] = numbers(judge[system]["authors"])
         entry["auto"] = numbers(auto.get(system, {}))
         out["systems"][system] = entry
     if pairwise:
-        out["pairwise"] = dict(pairwise)
+        out["pairwise"] = {
+            pair: {
+                metric: {
+                    **numbers(tally),
+                    **({"authors": numbers(tally["authors"])} if "authors" in tally else {}),
+                }
+                for metric, tally in per_metric.items()
+            }
+            for pair, per_metric in pairwise.items()
+        }
+    if judged_samples is not None:
+        out["judged_samples"] = judged_samples
     return out
 
 
@@ -200,6 +247,10 @@ PLOT_METRICS = (
     ("judge", "spc", "SPC"),
     ("judge", "cn", "CN"),
     ("judge", "mean", "judge mean"),
+    ("judge.authors", "veg", "VEG (authors)"),
+    ("judge.authors", "spc", "SPC (authors)"),
+    ("judge.authors", "cn", "CN (authors)"),
+    ("judge.authors", "mean", "judge mean (authors)"),
     ("auto", "bertscore_f1", "BERTScore F1"),
     ("auto", "rouge_l", "ROUGE-L"),
     ("auto", "clipscore", "CLIPScore"),
@@ -215,7 +266,9 @@ def plot_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for group, key, label in PLOT_METRICS:
         for system, entry in metrics["systems"].items():
-            value = entry.get(group, {}).get(key)
+            for part in group.split("."):
+                entry = entry.get(part, {})
+            value = entry.get(key)
             if value is not None:
                 rows.append({"metric": label, "system": system, "value": value})
     return rows
@@ -241,6 +294,9 @@ def sample_record(
                     "score": judgement.scores[output.system],
                     "reason": judgement.reasons.get(output.system, ""),
                 }
+            elif output.system in judgement.zeroed:
+                # Ours: not scored; the authors': 0, averaged in.
+                judged[metric] = {"not_scored": judgement.zeroed[output.system], "zeroed": True}
             elif output.system in judgement.not_scored:
                 judged[metric] = {"not_scored": judgement.not_scored[output.system]}
         systems[output.system] = {
@@ -260,6 +316,7 @@ def sample_record(
         "reference": context.reference,
         "clip_problem": clip_problem,
         "frames": list(frames),
+        "judged": judgements is not None,
         "systems": systems,
     }
     if judgements is not None:

@@ -1,4 +1,10 @@
-"""Frames for evaluation: a few frames spread over the clip, shrunk for a judge or a report."""
+"""Frames for evaluation: a few frames spread over the clip, shrunk for a judge or a report.
+
+The judge reads its frames from the raw clip (``clip_judge_frames``), as the authors'
+judge does: every frame of a clip that has at most ``count``, otherwise frames
+``int(i * n / count)`` for ``i < count`` (the first frame included), longer side shrunk to
+``max_side`` (the authors also enlarge smaller frames; we never do).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import io
 
 import numpy as np
 
-from ebmrl.video import spread_frames
+from ebmrl.video import read_frames, spread_frames
 
 
 def shrink(frames: np.ndarray, max_side: int) -> np.ndarray:
@@ -30,6 +36,21 @@ def shrink(frames: np.ndarray, max_side: int) -> np.ndarray:
 def judge_frames(frames: np.ndarray, count: int = 8, max_side: int = 448) -> np.ndarray:
     """What a judge sees of a clip: ``count`` evenly spread frames, shrunk to ``max_side``."""
     return shrink(spread_frames(frames, count), max_side)
+
+
+def judge_frame_indices(num_frames: int, count: int) -> list[int]:
+    """The authors' judge frames of a clip of ``num_frames`` frames."""
+    if count <= 0:
+        raise ValueError(f"count must be positive, got {count}")
+    if num_frames <= count:
+        return list(range(num_frames))
+    return sorted({i * num_frames // count for i in range(count)})
+
+
+def clip_judge_frames(uri: str, count: int = 8, max_side: int = 512) -> np.ndarray:
+    """What a judge sees of a clip, read from the video itself (raises ``VideoError``)."""
+    frames, _, _ = read_frames(uri, lambda info: judge_frame_indices(info.num_frames, count))
+    return shrink(frames, max_side)
 
 
 def jpeg_data_url(frame: np.ndarray, quality: int = 80) -> str:

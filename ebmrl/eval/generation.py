@@ -1,8 +1,11 @@
-"""Each system's outputs on the evaluation samples: greedy, the training prompt, cached.
+"""Each system's outputs on the evaluation samples: the training prompt, cached.
 
 A system is a backend (a local model folder or hub id, or an OpenAI-compatible endpoint
-serving it). The request is exactly what training uses (``build_prompt``: the role-play
-system prompt, then the clip as one video with the user turn) with temperature 0, so a
+serving it) with a prompt mode (``ebm``: the training prompt; ``cot`` / ``vanilla``: the
+baselines' formats) and the clip or not (``frames: false``: a text-only baseline). The
+request is what training uses (``build_prompt``: the role-play system prompt, then the
+clip as one video with the user turn) with the evaluation's decoding (``evaluate.
+decoding``: greedy by default, the authors' seeded sampling in the paper profile), so a
 rerun gives the same text and the ``GenerationClient`` cache (keyed by the model's
 fingerprint and the request's content) never regenerates it.
 """
@@ -15,11 +18,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from ebmrl.backends import BackendError, ChatRequest, GenerationClient, Message, map_concurrent
+from ebmrl.config import DecodingSection
 from ebmrl.eval.outputs import SystemOutput
 from ebmrl.frame_store import FrameStore, FrameStoreError, MissingClipError
 from ebmrl.schema import ProfileBook, Sample
 from ebmrl.tags import DEFAULT_TAGS, TagNames
-from ebmrl.train.prompting import build_prompt, prompt_id
+from ebmrl.train.prompting import TRAINING_TEMPLATES, build_prompt, prompt_id
+
+GREEDY = DecodingSection()
+# evaluate.systems[].prompt -> (output format, closing request) prompt templates: ours
+# (the training prompt), a plain chain of thought, a direct answer.
+PROMPT_MODES: dict[str, tuple[str, str]] = {
+    "ebm": TRAINING_TEMPLATES,
+    "cot": ("roleplay_format_cot", "roleplay_request_cot"),
+    "vanilla": ("roleplay_format_vanilla", "roleplay_request_vanilla"),
+}
 
 
 def _text(message: dict) -> str:
@@ -29,22 +42,26 @@ def _text(message: dict) -> str:
 def roleplay_request(
     sample: Sample,
     profiles: ProfileBook | None,
-    frames: np.ndarray,
+    frames: np.ndarray | None,
     *,
     max_tokens: int,
-    seed: int = 0,
+    decoding: DecodingSection = GREEDY,
     tags: TagNames = DEFAULT_TAGS,
+    mode: str = "ebm",
 ) -> ChatRequest:
-    """The training prompt as a greedy chat request; the frames go with the user turn."""
-    conversation = build_prompt(sample, profiles, tags)
+    """The role-play prompt (in ``mode``, a key of ``PROMPT_MODES``) as a chat request;
+    the frames, if any, go with the user turn."""
+    if mode not in PROMPT_MODES:
+        raise ValueError(f"prompt mode is one of {sorted(PROMPT_MODES)}, got {mode!r}")
+    conversation = build_prompt(sample, profiles, tags, PROMPT_MODES[mode])
     messages = tuple(Message(m["role"], _text(m)) for m in conversation)
     return ChatRequest(
         messages=messages,
         frames=frames,
         max_tokens=max_tokens,
-        temperature=0.0,
-        top_p=1.0,
-        seed=seed,
+        temperature=decoding.temperature,
+        top_p=decoding.top_p,
+        seed=decoding.seed,
     )
 
 
@@ -88,15 +105,19 @@ def generate_outputs(
     profiles: ProfileBook | None,
     *,
     max_tokens: int,
+    decoding: DecodingSection = GREEDY,
+    mode: str = "ebm",
+    with_frames: bool = True,
     concurrency: int = 1,
     progress: bool = False,
     tags: TagNames = DEFAULT_TAGS,
 ) -> dict[str, SystemOutput]:
-    """``prompt_id -> SystemOutput`` for every sample (errors recorded per sample)."""
+    """``prompt_id -> SystemOutput`` for every sample (errors recorded per sample).
+    ``with_frames=False``: the clip is withheld (a missing clip does not matter then)."""
     outputs: dict[str, SystemOutput] = {}
     todo = []
     for sample in samples:
-        why = clips.why_missing(sample)
+        why = clips.why_missing(sample) if with_frames else None
         if why is not None:
             outputs[prompt_id(sample)] = SystemOutput(system, error=why, tags=tags)
         else:
@@ -104,7 +125,13 @@ def generate_outputs(
 
     def generate(sample: Sample) -> str:
         request = roleplay_request(
-            sample, profiles, clips.of(sample), max_tokens=max_tokens, tags=tags
+            sample,
+            profiles,
+            clips.of(sample) if with_frames else None,
+            max_tokens=max_tokens,
+            decoding=decoding,
+            tags=tags,
+            mode=mode,
         )
         return client.generate(request, system=system, sample=prompt_id(sample))
 

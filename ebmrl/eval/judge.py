@@ -17,6 +17,14 @@ with the problem stated, up to ``max_attempts`` requests in all; then the judgem
 recorded as not scored with the reason. A score is never invented: an unreachable judge
 or a judge that only writes prose leaves the sample unscored.
 
+**Protocols** (``protocol``): ``ebmrl`` is the strict reading above. ``authors`` reads a
+listwise reply as the authors' judge script does: each label's score on its own (a JSON
+object found anywhere in the reply), what was read kept across re-asks, which ask only
+for the labels still missing; a candidate whose score is never read scores 0
+(``Judgement.zeroed``), counted in the authors' average and left out of ours; a reply
+with nothing readable for any candidate leaves the sample unscored (their script drops
+it). Pairwise replies are read the same lenient way.
+
 **Cache**: valid judgements are stored in an append-only ``ResponseCache`` keyed by
 (sample, every judged output's content hash, judge model id, rubric version, metric,
 mode), so reruns ask the judge only about what changed. Failures are not cached: a rerun
@@ -110,10 +118,15 @@ class JudgeContext:
     history: str
     reference: str
     frames: np.ndarray | None = field(default=None, compare=False)
+    frame_problem: str | None = None  # why there are no frames, when known
 
     @classmethod
     def from_sample(
-        cls, sample: Sample, profiles: ProfileBook | None, frames: np.ndarray | None
+        cls,
+        sample: Sample,
+        profiles: ProfileBook | None,
+        frames: np.ndarray | None,
+        frame_problem: str | None = None,
     ) -> JudgeContext:
         return cls(
             key=prompt_id(sample),
@@ -126,7 +139,14 @@ class JudgeContext:
             history=history_text(sample.dialogue),
             reference=" ".join(sample.target.utterance.split()),
             frames=frames,
+            frame_problem=frame_problem,
         )
+
+    @property
+    def no_frames(self) -> str:
+        """The reason a visual metric is not scored for this sample."""
+        why = f": {self.frame_problem}" if self.frame_problem else ""
+        return f"no frames of clip {self.clip_id}{why}"
 
     def text(self, metric: JudgeMetric) -> str:
         if metric.sees_frames:
@@ -171,6 +191,7 @@ class ListwiseReply(_Strict):
 
 class PairwiseReply(_Strict):
     winner: Literal["A", "B", "tie"]
+    confidence: Literal["high", "medium", "low"] | None = None
     reason: str = ""
 
 
@@ -232,6 +253,52 @@ def validate_pairwise(text: str) -> PairwiseReply:
         raise JudgeReplyError(f"schema: {_schema_problem(exc)}") from None
 
 
+def embedded_object(text: str) -> dict[str, Any] | None:
+    """The JSON object of a reply, tolerating prose around it (from the first ``{`` to
+    the last ``}``); None when there is none."""
+    try:
+        return parse_json_object(text)
+    except JudgeReplyError:
+        pass
+    body = str(text or "")
+    start, end = body.find("{"), body.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        value = json.loads(body[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_listwise(text: str, expected: Sequence[str]) -> tuple[dict[str, LabelScore], str | None]:
+    """The authors' reading: every label of ``expected`` whose entry is valid on its own,
+    and what was wrong with the others (None when every label was read)."""
+    data = embedded_object(text)
+    scores = data.get("scores") if data is not None else None
+    if not isinstance(scores, dict):
+        return {}, f"no scores object in the reply: {_shorten(text)!r}"
+    read: dict[str, LabelScore] = {}
+    for label in expected:
+        try:
+            read[label] = LabelScore.model_validate(scores.get(label))
+        except ValidationError:
+            continue
+    missing = [label for label in expected if label not in read]
+    return read, (f"no valid score for {missing}" if missing else None)
+
+
+def read_pairwise(text: str) -> PairwiseReply:
+    """The authors' reading of a pairwise reply: the JSON object wherever it is."""
+    data = embedded_object(text)
+    if data is None:
+        raise JudgeReplyError(f"no JSON object in the reply: {_shorten(text)!r}")
+    try:
+        return PairwiseReply.model_validate(data)
+    except ValidationError as exc:
+        raise JudgeReplyError(f"schema: {_schema_problem(exc)}") from None
+
+
 # ------------------------------------------------------------------------ results
 @dataclass
 class Judgement:
@@ -242,6 +309,8 @@ class Judgement:
     reasons: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)  # label -> system
     not_scored: dict[str, str] = field(default_factory=dict)  # system -> why
+    # authors protocol: scored 0 because its score could not be read (system -> why)
+    zeroed: dict[str, str] = field(default_factory=dict)
     attempts: int = 0
     cached: bool = False
     last_reply: str | None = None
@@ -253,6 +322,7 @@ class Judgement:
             "reasons": self.reasons,
             "labels": self.labels,
             "not_scored": self.not_scored,
+            "zeroed": self.zeroed,
             "attempts": self.attempts,
             "cached": self.cached,
             "last_reply": self.last_reply,
@@ -268,6 +338,7 @@ class Verdict:
     error: str | None = None
     attempts: int = 0
     cached: bool = False
+    confidence: str | None = None  # high | medium | low, when the judge gives one
 
 
 @dataclass
@@ -276,6 +347,7 @@ class _Asked:
     attempts: int = 0
     error: str | None = None
     reply: str | None = None
+    unavailable: bool = False  # the judge could not be reached: nothing to keep
 
 
 # -------------------------------------------------------------------------- judge
@@ -290,16 +362,26 @@ class Judge:
         max_attempts: int = 3,
         max_tokens: int = 512,
         seed: int = 0,
+        protocol: Literal["ebmrl", "authors"] = "ebmrl",
     ):
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if protocol not in ("ebmrl", "authors"):
+            raise ValueError(f"protocol is 'ebmrl' or 'authors', got {protocol!r}")
+        self.protocol = protocol
         self.client = client
         self.cache = cache
         self.max_attempts = max_attempts
         self.max_tokens = max_tokens
         self.seed = seed
         self.version = rubric_version()
-        self.stats = {"requests": 0, "invalid_replies": 0, "cache_hits": 0, "failed": 0}
+        self.stats = {
+            "requests": 0,
+            "invalid_replies": 0,
+            "cache_hits": 0,
+            "failed": 0,
+            "zeroed": 0,
+        }
         self._lock = threading.Lock()  # judgements run in threads (map_concurrent)
 
     @property
@@ -348,8 +430,37 @@ class Judge:
         asked.error = f"invalid JSON after {asked.attempts} attempt(s): {asked.error}"
         return asked
 
+    def _ask_each(self, user: str, frames: np.ndarray | None, names: Sequence[str]) -> _Asked:
+        """The authors' way: each label read on its own, what was read kept across
+        attempts, the re-ask naming the labels still missing. ``value``: label ->
+        ``LabelScore`` (maybe partial); ``error``: why the rest could not be read."""
+        asked = _Asked(value={})
+        prompt = user
+        while asked.attempts < self.max_attempts:
+            asked.attempts += 1
+            self._count("requests")
+            try:
+                asked.reply = self.client.generate(self._request(prompt, frames))
+            except BackendError as exc:
+                asked.error = f"judge unavailable: {_shorten(str(exc), 300)}"
+                asked.unavailable = True
+                return asked
+            read, problem = read_listwise(asked.reply, names)
+            asked.value.update(read)
+            missing = [label for label in names if label not in asked.value]
+            if not missing:
+                asked.error = None
+                return asked
+            self._count("invalid_replies")
+            asked.error = problem if not asked.value else f"no valid score for {missing}"
+            prompt = user + prompts.load("judge_reask").format(problem=asked.error)
+        asked.error = f"unparseable after {asked.attempts} attempt(s): {asked.error}"
+        return asked
+
     def _key(self, *parts: str) -> str:
-        return cache_key(*parts, self.model_id, self.version, str(self.seed))
+        # The authors' reading stores other judgements (zeros): its own cache entries.
+        protocol = ("authors",) if self.protocol == "authors" else ()
+        return cache_key(*parts, self.model_id, self.version, str(self.seed), *protocol)
 
     def _cached(self, key: str) -> dict[str, Any] | None:
         hit = self.cache.get(key) if self.cache is not None else None
@@ -380,7 +491,7 @@ class Judge:
             return result
         if metric.sees_frames and context.frames is None:
             for output in judged:
-                result.not_scored[output.system] = f"no frames of clip {context.clip_id}"
+                result.not_scored[output.system] = context.no_frames
             return result
         order = shuffled([o.system for o in judged], str(self.seed), context.key, metric.key)
         by_system = {o.system: o for o in judged}
@@ -397,6 +508,7 @@ class Judge:
         if hit is not None:
             result.scores.update(hit["scores"])
             result.reasons.update(hit["reasons"])
+            result.zeroed.update(hit.get("zeroed", {}))
             result.attempts, result.cached = hit.get("attempts", 1), True
             return result
         candidates = "\n".join(
@@ -414,18 +526,38 @@ class Judge:
             .strip()
         )
         frames = context.frames if metric.sees_frames else None
-        asked = self._ask(user, frames, lambda reply: validate_listwise(reply, names))
+        if self.protocol == "authors":
+            asked = self._ask_each(user, frames, names)
+        else:
+            asked = self._ask(user, frames, lambda reply: validate_listwise(reply, names))
         result.attempts, result.last_reply = asked.attempts, asked.reply
-        if asked.error is not None:
+        if not asked.value:  # nothing read (ebmrl: a reply that is not entirely valid)
             self._count("failed")
             for output in judged:
-                result.not_scored[output.system] = asked.error
+                result.not_scored[output.system] = asked.error or "no reply"
             return result
         scores = {result.labels[label]: float(entry.score) for label, entry in asked.value.items()}
         reasons = {result.labels[label]: entry.reason for label, entry in asked.value.items()}
+        zeroed = {
+            system: asked.error or "unparseable"
+            for label, system in result.labels.items()
+            if label not in asked.value
+        }
+        if zeroed:
+            self._count("zeroed")
         result.scores.update(scores)
         result.reasons.update(reasons)
-        self._store(key, kind="listwise", scores=scores, reasons=reasons, attempts=asked.attempts)
+        result.zeroed.update(zeroed)
+        if asked.unavailable:  # zeros from an outage are not the judge's verdict: ask again
+            return result
+        self._store(
+            key,
+            kind="listwise",
+            scores=scores,
+            reasons=reasons,
+            zeroed=zeroed,
+            attempts=asked.attempts,
+        )
         return result
 
     # -------------------------------------------------------------- pairwise
@@ -445,14 +577,18 @@ class Judge:
             winner = "tie" if first.spoken == second.spoken else ("A" if first.spoken else "B")
             return Verdict(winner, reason="empty spoken line (decided without the judge)")
         if metric.sees_frames and context.frames is None:
-            return Verdict(None, error=f"no frames of clip {context.clip_id}")
+            return Verdict(None, error=context.no_frames)
         key = self._key(
             "pairwise", metric.key, context.key, context.clip_id, first.digest, second.digest
         )
         hit = self._cached(key)
         if hit is not None:
             return Verdict(
-                hit["winner"], hit.get("reason", ""), attempts=hit.get("attempts", 1), cached=True
+                hit["winner"],
+                hit.get("reason", ""),
+                attempts=hit.get("attempts", 1),
+                cached=True,
+                confidence=hit.get("confidence"),
             )
         user = (
             prompts.load("judge_pairwise")
@@ -466,12 +602,20 @@ class Judge:
             .strip()
         )
         frames = context.frames if metric.sees_frames else None
-        asked = self._ask(user, frames, validate_pairwise)
+        read = read_pairwise if self.protocol == "authors" else validate_pairwise
+        asked = self._ask(user, frames, read)
         if asked.error is not None:
             self._count("failed")
             return Verdict(None, error=asked.error, attempts=asked.attempts)
         reply: PairwiseReply = asked.value
         self._store(
-            key, kind="pairwise", winner=reply.winner, reason=reply.reason, attempts=asked.attempts
+            key,
+            kind="pairwise",
+            winner=reply.winner,
+            reason=reply.reason,
+            confidence=reply.confidence,
+            attempts=asked.attempts,
         )
-        return Verdict(reply.winner, reply.reason, attempts=asked.attempts)
+        return Verdict(
+            reply.winner, reply.reason, attempts=asked.attempts, confidence=reply.confidence
+        )

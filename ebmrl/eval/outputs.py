@@ -1,10 +1,14 @@
 """A system's output for one sample, split into what it saw, thought and said.
 
-The judge and the answer metrics look at the *spoken line* only: the ``<answer>`` block,
-or, when a system wrote none, its text with every other block (and stray tag) removed,
-so a model that ignores the format is judged on what it said rather than dropped. An
-empty spoken line is scored 0 without asking the judge. Blocks are read in the tag names
-in use (params.yaml ``tags``; ``vision`` and ``perception`` stand in for each other).
+The judge and the answer metrics look at the *spoken line* only (``spoken_line``, the
+authors' judge's rule, for both tag sets): the content of the first ``<answer>`` (tag
+matched case-insensitively) up to its closing tag, or to the end of the text when the
+output stops before closing it; when there is no ``<answer>`` at all, the text with its
+think and perception blocks (``vision`` and ``perception`` alike) and stray tags
+removed, so a model that ignores the format is judged on what it said rather than
+dropped. An empty spoken line is scored 0 without asking the judge. The perception,
+think and answer shown in the report are the closed blocks (``parse_roles``) in the tag
+names in use (params.yaml ``tags``).
 """
 
 from __future__ import annotations
@@ -13,16 +17,26 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ebmrl.tags import DEFAULT_ALIASES, DEFAULT_TAGS, TagNames, parse_roles, strip_blocks, tag_names
+from ebmrl.tags import (
+    DEFAULT_ALIASES,
+    DEFAULT_TAGS,
+    TagNames,
+    open_block,
+    parse_roles,
+    strip_blocks,
+    tag_names,
+)
 
 
 def spoken_line(text: str, tags: Sequence[str] = DEFAULT_TAGS) -> str:
-    """The line a judge sees: the ``<answer>`` block, else the text without blocks."""
+    """The line a judge sees: the ``<answer>`` content (closed or not), else the text
+    without its think and perception blocks; whitespace collapsed."""
     names = tag_names(tags)
-    answer = parse_roles(text, names).answer
+    answer = open_block(text, names.answer)
     if answer is not None:
         return " ".join(answer.split())
-    return strip_blocks(text, (*names, *DEFAULT_ALIASES.get(names.perception, ())))
+    perception = (names.perception, *DEFAULT_ALIASES.get(names.perception, ()))
+    return strip_blocks(text, (*perception, names.think, names.answer))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ a summary table first, then what could not be scored and why, pairwise and Video
 results, charts (inline SVG), and one card per sample with its frames, both character
 sheets, the conversation, the reference, and every system's perception, thinking,
 answer and scores side by side.
+
+Every judge, pairwise and VideoQA number says which protocol produced it: a coloured
+badge in its column header and a ``data-protocol`` attribute (``ebmrl``: ours;
+``authors``: as the authors' scripts score) on its cell, explained by a legend.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from html import escape
 from typing import Any
 
 from ebmrl.eval import svg
+from ebmrl.eval.pairwise import CONFIDENCES
 
 JUDGE_LABELS = {"veg": "VEG", "spc": "SPC", "cn": "CN", "mean": "Mean"}
 AUTO_COLUMNS = (
@@ -59,7 +64,41 @@ td.best { font-weight: bold; background: #eef6ee; }
   border-radius: 3px; background: #eef; }
 .scores span.not { background: #fbe9e9; color: #a33; }
 .chart { background: #fff; border: 1px solid #ddd; padding: 8px; overflow-x: auto; }
+.proto { display: inline-block; padding: 1px 7px; border-radius: 9px; color: #fff;
+  font-size: 11px; font-weight: bold; }
+.proto.ebmrl { background: #2563eb; } .proto.authors { background: #d97706; }
+td.p-ebmrl { border-left: 4px solid #2563eb; } td.p-authors { border-left: 4px solid #d97706; }
+th.group { text-align: center; }
+.legend { font-size: 13px; margin: 6px 0 10px; } .legend div { margin: 3px 0; }
 """
+
+PROTOCOLS = {
+    "ebmrl": "ours: a judge reply is used only when it is entirely valid, anything else is "
+    "not scored (coverage shown); pairwise outcomes need both orders; VideoQA accuracy by "
+    "our lenient answer parser",
+    "authors": "as the authors' scripts score: a candidate whose score cannot be read counts "
+    "0 and is averaged in (a reply with nothing readable drops the sample), the judge "
+    "scores a seeded random subset, a pairwise verdict kept from the first order counts; "
+    "VideoQA accuracy by exact match of the answer block",
+}
+
+
+def badge(protocol: str) -> str:
+    return f"<span class='proto {escape(protocol)}'>{escape(protocol)}</span>"
+
+
+def legend(protocols: Sequence[str]) -> str:
+    rows = "".join(
+        f"<div>{badge(p)} {escape(PROTOCOLS[p])}</div>" for p in protocols if p in PROTOCOLS
+    )
+    return f"<div class='legend' id='protocols'>{rows}</div>"
+
+
+def _cell(content: str, protocol: str | None = None, best: bool = False) -> str:
+    classes = (["best"] if best else []) + ([f"p-{protocol}"] if protocol else [])
+    klass = f" class='{' '.join(classes)}'" if classes else ""
+    data = f" data-protocol='{protocol}'" if protocol else ""
+    return f"<td{klass}{data}>{content}</td>"
 
 
 def _num(value: Any, digits: int = 2) -> str:
@@ -84,32 +123,67 @@ def summary_table(data: Mapping[str, Any]) -> str:
     judge = data.get("judge") or {}
     metrics = list(data.get("judge_metrics") or [])
     judge_cols = [*metrics, "mean"] if judge else []
+    authors = any("authors" in judge.get(s, {}) for s in systems)
+    settings = data.get("system_settings") or {}
+    auto = data.get("auto") or {}
+    best = {m: _best({s: judge.get(s, {}).get(m) for s in systems}) for m in judge_cols}
+    best_authors = {
+        m: _best({s: (judge.get(s, {}).get("authors") or {}).get(m) for s in systems})
+        for m in judge_cols
+    }
+    best |= {k: _best({s: auto.get(s, {}).get(k) for s in systems}) for k, _, _ in AUTO_COLUMNS}
+    groups = ["<th></th>"]
+    if judge_cols:
+        groups.append(f"<th class='group' colspan='{len(judge_cols)}'>Judge {badge('ebmrl')}</th>")
+    if authors:
+        groups.append(
+            f"<th class='group' colspan='{len(judge_cols)}'>Judge {badge('authors')}</th>"
+        )
+    groups.append(
+        f"<th class='group' colspan='{len(AUTO_COLUMNS)}'>Automatic metrics "
+        "(the same under both protocols)</th>"
+    )
     header = ["System"] + [JUDGE_LABELS.get(m, m.upper()) for m in judge_cols]
+    header += [JUDGE_LABELS.get(m, m.upper()) for m in judge_cols] if authors else []
     header += [label for _, label, _ in AUTO_COLUMNS]
     rows = []
-    best = {m: _best({s: judge.get(s, {}).get(m) for s in systems}) for m in judge_cols}
-    auto = data.get("auto") or {}
-    best |= {k: _best({s: auto.get(s, {}).get(k) for s in systems}) for k, _, _ in AUTO_COLUMNS}
     for system in systems:
-        cells = [f"<td>{escape(system)}</td>"]
+        shown_name = escape(system)
+        setting = settings.get(system) or {}
+        if setting and (setting.get("prompt", "ebm") != "ebm" or not setting.get("frames", True)):
+            extra = f"prompt {setting.get('prompt', 'ebm')}"
+            extra += "" if setting.get("frames", True) else ", no frames"
+            shown_name += f"<div class='small'>{escape(extra)}</div>"
+        cells = [f"<td>{shown_name}</td>"]
+        entry = judge.get(system, {})
         for metric in judge_cols:
-            entry = judge.get(system, {})
             value = entry.get(metric)
             note = ""
             if metric != "mean":
                 scored = entry.get(f"{metric}_scored", 0)
                 total = scored + entry.get(f"{metric}_not_scored", 0)
                 note = f"<div class='small'>{scored}/{total} scored</div>"
-            klass = " class='best'" if system in best[metric] else ""
             shown = _num(value, 1) if value is not None else "<span class='na'>not scored</span>"
-            cells.append(f"<td{klass}>{shown}{note}</td>")
+            cells.append(_cell(shown + note, "ebmrl", system in best[metric]))
+        if authors:
+            theirs = entry.get("authors") or {}
+            for metric in judge_cols:
+                value = theirs.get(metric)
+                note = ""
+                if metric != "mean":
+                    zeros = theirs.get(f"{metric}_zeroed", 0)
+                    note = (
+                        f"<div class='small'>{theirs.get(f'{metric}_scored', 0)} averaged, "
+                        f"{zeros} as 0</div>"
+                    )
+                shown = _num(value, 1) if value is not None else "<span class='na'>none</span>"
+                cells.append(_cell(shown + note, "authors", system in best_authors[metric]))
         for key, _, digits in AUTO_COLUMNS:
             value = auto.get(system, {}).get(key)
-            klass = " class='best'" if system in best[key] else ""
-            cells.append(f"<td{klass}>{_num(value, digits)}</td>")
+            cells.append(_cell(_num(value, digits), best=system in best[key]))
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    return f"<table id='summary'><tr>{head}</tr>{''.join(rows)}</table>"
+    return f"<table id='summary'><tr>{''.join(groups)}</tr><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def gaps_section(data: Mapping[str, Any]) -> str:
@@ -146,60 +220,112 @@ def gaps_section(data: Mapping[str, Any]) -> str:
     return f"<ul class='gap' id='gaps'>{''.join(items)}</ul>"
 
 
+PAIR_COLUMNS = (
+    ("win", "Win", None),
+    ("tie", "Tie", None),
+    ("loss", "Loss", None),
+    ("win_rate", "Win rate", 2),
+    ("decisive_win_rate", "Decisive win rate", 2),
+    ("net_win_rate", "Net win rate", 2),
+    ("p_value", "p (two-sided)", 4),
+)
+
+
 def pairwise_table(pairwise: Mapping[str, Any]) -> str:
+    authors = any("authors" in t for per in pairwise.values() for t in per.values())
     rows = []
     for pair, per_metric in pairwise.items():
         for metric, tally in per_metric.items():
-            rows.append(
-                "<tr>"
-                + f"<td>{escape(pair.replace('_vs_', ' vs '))}</td><td>{escape(metric.upper())}</td>"
-                + "".join(
-                    f"<td>{tally.get(k, 0)}</td>"
-                    for k in ("win", "tie", "loss", "not_scored", "position_flips")
-                )
-                + f"<td>{_num(tally.get('win_rate'), 2)}</td></tr>"
-            )
+            figures = [("ebmrl", tally)] + ([("authors", tally["authors"])] if authors else [])
+            cells = [
+                f"<td>{escape(pair.replace('_vs_', ' vs '))}</td><td>{escape(metric.upper())}</td>"
+            ]
+            for protocol, numbers in figures:
+                for key, _, digits in PAIR_COLUMNS:
+                    value = numbers.get(key)
+                    shown = _num(value, digits) if digits else str(value or 0)
+                    cells.append(_cell(shown, protocol))
+            confidence = "/".join(str(tally.get(f"confidence_{c}", 0)) for c in CONFIDENCES)
+            cells += [
+                f"<td>{tally.get('not_scored', 0)}</td>",
+                f"<td>{tally.get('first_order_only', 0)}</td>",
+                f"<td>{tally.get('position_flips', 0)}</td>",
+                f"<td>{confidence}</td>",
+            ]
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+    span = len(PAIR_COLUMNS)
+    groups = "<th colspan='2'></th>" + f"<th class='group' colspan='{span}'>{badge('ebmrl')}</th>"
+    if authors:
+        groups += f"<th class='group' colspan='{span}'>{badge('authors')}</th>"
+    groups += "<th colspan='4'></th>"
+    labels = [label for _, label, _ in PAIR_COLUMNS] * (2 if authors else 1)
     head = "".join(
-        f"<th>{h}</th>"
+        f"<th>{escape(h)}</th>"
         for h in (
             "Pair (first vs second)",
             "Metric",
-            "Win",
-            "Tie",
-            "Loss",
+            *labels,
             "Not scored",
+            "First order only",
             "Position flips",
-            "Win rate",
+            "Confidence (high/medium/low)",
         )
     )
     note = (
         "<p class='small'>Each pair is judged in both orders; a verdict that follows the "
         "position rather than the line (both orders prefer [A], or both [B]) counts as a tie "
-        "and as a position flip.</p>"
+        "and as a position flip. Decisive win rate: wins over wins and losses; net win rate: "
+        "(wins - losses) over the scored pairs; p: exact two-sided binomial test of the wins "
+        "against the losses (ties left out). A verdict whose second order failed counts "
+        "only in the authors' figures (First order only).</p>"
     )
-    return f"{note}<table id='pairwise'><tr>{head}</tr>{''.join(rows)}</table>"
+    return f"{note}<table id='pairwise'><tr>{groups}</tr><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def videoqa_tables(videoqa: Mapping[str, Mapping[str, Any]]) -> str:
     parts = []
     for name, per_system in videoqa.items():
         types = sorted({t for s in per_system.values() for t in (s.get("by_type") or {})})
-        head = ["System", "Accuracy", "Scored", "Unparseable", "Not scored"] + types
+        authors = any("authors" in s for s in per_system.values())
+        groups = (
+            f"<th></th><th class='group' colspan='{2 + len(types)}'>{badge('ebmrl')} "
+            "lenient parser</th>"
+        )
+        head = ["System", "Accuracy", "Unparseable"] + types
+        if authors:
+            groups += (
+                f"<th class='group' colspan='{2 + len(types)}'>{badge('authors')} exact match</th>"
+            )
+            head += ["Accuracy", "No answer block"] + types
+        groups += "<th colspan='2'></th>"
+        head += ["Scored", "Not scored"]
         rows = []
         for system, summary in per_system.items():
             cells = [
-                escape(system),
-                _num(summary.get("accuracy"), 3),
-                f"{summary.get('scored', 0)}/{summary.get('questions', 0)}",
-                str(summary.get("unparseable", 0)),
-                str(summary.get("not_scored", 0)),
+                f"<td>{escape(system)}</td>",
+                _cell(_num(summary.get("accuracy"), 3), "ebmrl"),
+                _cell(str(summary.get("unparseable", 0)), "ebmrl"),
             ]
             for t in types:
                 entry = (summary.get("by_type") or {}).get(t)
-                cells.append(_num(entry.get("accuracy"), 3) if entry else "—")
-            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+                cells.append(_cell(_num(entry.get("accuracy"), 3) if entry else "—", "ebmrl"))
+            if authors:
+                theirs = summary.get("authors") or {}
+                cells += [
+                    _cell(_num(theirs.get("accuracy"), 3), "authors"),
+                    _cell(str(theirs.get("no_answer_block", 0)), "authors"),
+                ]
+                for t in types:
+                    entry = ((summary.get("by_type") or {}).get(t) or {}).get("authors")
+                    shown = _num(entry.get("accuracy"), 3) if entry else "—"
+                    cells.append(_cell(shown, "authors"))
+            cells += [
+                f"<td>{summary.get('scored', 0)}/{summary.get('questions', 0)}</td>",
+                f"<td>{summary.get('not_scored', 0)}</td>",
+            ]
+            rows.append("<tr>" + "".join(cells) + "</tr>")
         parts.append(
-            f"<h3>{escape(name)}</h3><table class='videoqa'><tr>"
+            f"<h3>{escape(name)}</h3><table class='videoqa'><tr>{groups}</tr><tr>"
             + "".join(f"<th>{escape(h)}</th>" for h in head)
             + f"</tr>{''.join(rows)}</table>"
         )
@@ -216,6 +342,12 @@ def _scores_line(out: Mapping[str, Any], metrics: Sequence[str]) -> str:
         if "score" in judged:
             reason = escape(judged.get("reason") or "")
             spans.append(f"<span title='{reason}'>{label} {_num(judged['score'], 0)}</span>")
+        elif judged.get("zeroed"):
+            why = escape(judged.get("not_scored", ""))
+            spans.append(
+                f"<span class='not' title='{why}'>{label} not scored "
+                f"{badge('ebmrl')} / 0 {badge('authors')}</span>"
+            )
         else:
             why = escape(judged.get("not_scored", ""))
             spans.append(f"<span class='not' title='{why}'>{label} not scored</span>")
@@ -265,7 +397,15 @@ def sample_card(sample: Mapping[str, Any], systems: Sequence[str], metrics: Sequ
             blocks.append(
                 f"<div class='block answer'><span class='label'>answer</span><br>{shown}</div>"
             )
-            body = "".join(blocks) + f"<div class='scores'>{_scores_line(out, metrics)}</div>"
+            unjudged = (
+                ""
+                if sample.get("judged", True) or not metrics
+                else "<span class='small'>not in the judged subset</span>"
+            )
+            body = (
+                "".join(blocks)
+                + f"<div class='scores'>{_scores_line(out, metrics)}{unjudged}</div>"
+            )
         cards.append(f"<div class='system'><h4>{escape(system)}</h4>{body}</div>")
     columns = max(1, len(systems))
     return (
@@ -292,9 +432,18 @@ def render_report(data: Mapping[str, Any]) -> str:
     info = " · ".join(
         f"{escape(str(k))}: {escape(str(v))}" for k, v in (data.get("info") or {}).items()
     )
+    videoqa_authors = any(
+        "authors" in summary
+        for per_system in (data.get("videoqa") or {}).values()
+        for summary in per_system.values()
+    )
+    used = ["ebmrl"] + (
+        ["authors"] if data.get("judge_protocol") == "authors" or videoqa_authors else []
+    )
     sections = [
         f"<h1>{escape(data.get('title', 'Evaluation'))}</h1><p class='info'>{info}</p>",
         "<h2>Summary</h2>",
+        legend(used),
         summary_table(data),
         "<p class='small'>Judge scores are 0–100 (VEG, SPC: the judge sees 8 frames; CN: "
         "text only), the mean of scored samples; bold: best per column. Automatic metrics "

@@ -12,6 +12,11 @@ only what changed. A sample that cannot be scored (missing clip, judge down, a j
 that answers in prose) is reported with its reason; the stage still finishes. Run
 statistics (requests, cache hits, retries, seconds) go to the log and MLflow, not into
 those files: the same inputs give the same bytes however much was cached.
+
+Decoding is ``evaluate.decoding`` (greedy by default; the paper profile samples as the
+authors). With ``evaluate.judge.protocol: authors`` the judge scores a seeded random
+subset the authors' way and the metrics, the MLflow run and the report carry the
+authors' averages beside ours, each labelled with its protocol.
 """
 
 from __future__ import annotations
@@ -139,8 +144,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
                 samples,
                 profiles,
                 clips,
-                [(s.name, client_for(s)) for s in section.systems],
+                [(s, client_for(s)) for s in section.systems],
                 max_new_tokens=section.max_new_tokens,
+                decoding=section.decoding,
                 concurrency=requests.concurrency,
                 progress=True,
                 tags=params.tag_names(),
@@ -163,6 +169,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
             kwargs = dict(
                 judge_metrics=judge_section.metrics,
                 pairs=pairs,
+                judge_subset=judge_section.subset_size(),
+                subset_seed=judge_section.subset_seed,
+                judge_frame_source=judge_section.frame_source,
                 judge_frame_count=judge_section.frames,
                 judge_frame_side=judge_section.frame_max_side,
                 bert=bert,
@@ -180,6 +189,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
                         max_attempts=judge_section.max_attempts,
                         max_tokens=judge_section.max_tokens,
                         seed=judge_section.seed,
+                        protocol=judge_section.protocol,
                     )
                     result = pipeline.evaluate_outputs(
                         samples,
@@ -191,7 +201,12 @@ def run(params: Params, args: argparse.Namespace) -> int:
                         judge_concurrency=concurrency(judge_section.backend, backend),
                         **kwargs,
                     )
-                    judge_info = {"judge": judge.model_id, "rubric": judge.version}
+                    judge_info = {
+                        "judge": judge.model_id,
+                        "rubric": judge.version,
+                        "judge protocol": judge_section.protocol,
+                        "judged samples": len(result.judged),
+                    }
             else:
                 result = pipeline.evaluate_outputs(
                     samples, profiles, store, clips, per_system, **kwargs
@@ -201,14 +216,26 @@ def run(params: Params, args: argparse.Namespace) -> int:
             outputs_cache.close()
             judgement_cache.close()
             store.close()
+        decoding = section.decoding
         report = {
             "title": "EBM-RL evaluation",
             "info": {
                 "split": section.split,
                 "samples": len(samples),
+                "decoding": (
+                    "greedy"
+                    if decoding.temperature == 0
+                    else f"sampled (temperature {decoding.temperature:g}, top-p "
+                    f"{decoding.top_p:g}, seed {decoding.seed})"
+                ),
                 **judge_info,
             },
             "systems": result.systems,
+            "system_settings": {
+                s.name: {"prompt": s.prompt, "frames": s.frames} for s in section.systems
+            },
+            "judge_protocol": result.judge_protocol,
+            "judged": result.judged,
             "judge_metrics": result.judge_metrics,
             "judge": result.judge,
             "auto": result.auto,
@@ -235,6 +262,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
         if mlflow is not None:
             mlflow.log_metrics(tracking.metric_values(result.metrics))
             mlflow.log_metrics(tracking.metric_values({"run": run_stats}))
+            if result.judge_protocol:
+                # ".../judge/<metric>" is ours; ".../judge/authors/<metric>" the authors'.
+                mlflow.set_tag("ebmrl.judge_protocol", result.judge_protocol)
             mlflow.log_artifact(str(out / "index.html"))
             mlflow.log_artifact(str(out / "results.json"))
     print(f"evaluate run: {json.dumps(run_stats)}")
@@ -251,6 +281,10 @@ def _print_summary(result, out: Path, seconds: float) -> None:
             entry = result.judge[system]
             for metric in result.judge_metrics:
                 line += f" {metric}={entry.get(metric)} ({entry.get(f'{metric}_scored')} scored)"
+            authors = entry.get("authors")
+            if authors:
+                shown = " ".join(f"{m}={authors.get(m)}" for m in result.judge_metrics)
+                line += f" [authors' protocol: {shown}]"
             if entry.get("not_scored_reasons"):
                 line += f" not scored: {entry['not_scored_reasons']}"
         print(line)

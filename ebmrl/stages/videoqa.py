@@ -2,9 +2,11 @@
 (params: ``videoqa``; ``models.vlm``/``dtype``/``device``/``attn_implementation`` for
 local systems; ``tracking`` for MLflow).
 
-Writes ``<videoqa.metrics>/<benchmark>.json`` (accuracy per system, per question type;
-``dvc metrics`` reads them) and ``<videoqa.out>/predictions.jsonl`` (every question, every
-system: the raw output, the parsed answer, correct or not, or why it was not scored).
+Writes ``<videoqa.metrics>/<benchmark>.json`` (accuracy per system, per question type,
+by our lenient parser and, under ``authors``, by the authors' exact match, whichever
+``videoqa.protocol`` asked with; ``dvc metrics`` reads them) and
+``<videoqa.out>/predictions.jsonl`` (every question, every system: the raw output, the
+parsed answer, correct or not by both readings, or why it was not scored).
 Answers are cached under ``videoqa.cache``. Unreadable videos and unparseable answers
 are counted, never guessed; the stage finishes. Requests to the systems follow
 ``videoqa.system_requests`` (concurrency, retries, timeout).
@@ -62,6 +64,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
                 video_map=spec.video_map,
                 name=spec.name,
                 max_questions=spec.max_questions,
+                seed=section.subset_seed,
             ),
         )
         for spec in section.benchmarks
@@ -79,7 +82,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
             for system in section.systems:
                 backend = system_backend(system, models, requests, section.torch_threads)
                 client = GenerationClient(backend, cache, retry_policy(requests))
-                answerer = vlm_answerer(client, section.max_new_tokens, params.tag_names())
+                answerer = vlm_answerer(
+                    client, section.max_new_tokens, params.tag_names(), section.protocol
+                )
                 try:
                     for spec, items in benchmarks:
                         results = answer_questions(
@@ -90,6 +95,8 @@ def run(params: Params, args: argparse.Namespace) -> int:
                             concurrency=concurrency(requests, backend),
                             progress=True,
                             tags=params.tag_names(),
+                            protocol=section.protocol,
+                            max_pixels=section.max_pixels_per_frame,
                         )
                         group = nextqa_group if spec.format == "nextqa" else None
                         summaries[spec.name][system.name] = summarize(results, group)
@@ -109,7 +116,8 @@ def run(params: Params, args: argparse.Namespace) -> int:
             print(
                 f"  {name:16s} {system:8s} accuracy={summary['accuracy']:.3f} "
                 f"({summary['correct']} correct of {summary['scored']} scored; "
-                f"{summary['unparseable']} unparseable, {summary['not_scored']} not scored)"
+                f"{summary['unparseable']} unparseable, {summary['not_scored']} not scored; "
+                f"authors' exact match {summary['authors']['accuracy']:.3f})"
             )
     print(
         f"videoqa: {sum(len(i) for _, i in benchmarks)} question(s) x {len(section.systems)} "

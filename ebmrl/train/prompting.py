@@ -18,6 +18,9 @@ from ebmrl.tags import DEFAULT_TAGS, first_block, tag_names
 # block per line; "released" is the authors': the released `process` text, a blank line,
 # then the `solution` text, exactly as written.
 TargetLayout = Literal["tagged", "released"]
+# The training prompt's output format and closing request (prompt templates): the three
+# blocks. The evaluation's baselines pass their own (ebmrl.eval.generation.PROMPT_MODES).
+TRAINING_TEMPLATES = ("roleplay_format_ebm", "roleplay_request_ebm")
 
 
 def character_sheet(profiles: ProfileBook | None, name: str, source: str | None) -> str:
@@ -28,21 +31,34 @@ def character_sheet(profiles: ProfileBook | None, name: str, source: str | None)
 
 
 def build_prompt(
-    sample: Sample, profiles: ProfileBook | None = None, tags: Sequence[str] = DEFAULT_TAGS
+    sample: Sample,
+    profiles: ProfileBook | None = None,
+    tags: Sequence[str] = DEFAULT_TAGS,
+    templates: tuple[str, str] = TRAINING_TEMPLATES,
 ) -> list[dict[str, Any]]:
-    """System + user messages; the user turn carries the clip as a ``video`` block."""
+    """System + user messages; the user turn carries the clip as a ``video`` block.
+
+    ``templates`` names the output format and the closing request: the three blocks by
+    default (what training uses); the evaluation's baselines ask for other formats with
+    the same scene rules and answer rule."""
+    format_template, request_template = templates
     names = tag_names(tags)
-    system = prompts.load("roleplay_system").format(
-        assistant=sample.assistant,
-        user=sample.user,
-        source=sample.source or "their story",
-        **names._asdict(),
+    people = {
+        "assistant": sample.assistant,
+        "user": sample.user,
+        "source": sample.source or "their story",
+    }
+    answer_rule = prompts.load("roleplay_answer").strip().format(**people)
+    output_format = (
+        prompts.load(format_template).strip().format(answer_rule=answer_rule, **names._asdict())
     )
+    system = prompts.load("roleplay_system").format(output_format=output_format, **people)
     user = prompts.load("roleplay_user").format(
         assistant=sample.assistant,
         assistant_profile=character_sheet(profiles, sample.assistant, sample.source),
         user_profile=character_sheet(profiles, sample.user, sample.source),
         history=history_text(sample.dialogue),
+        request=prompts.load(request_template).strip().format(**people),
     )
     return [
         {"role": "system", "content": [{"type": "text", "text": system.strip()}]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ebmrl.eval.subset import seeded_subset
 from ebmrl.eval.videoqa.formats import (
     LOADERS,
     AnnotationError,
@@ -35,8 +36,11 @@ def load_benchmark(
     video_map: str | Path | None = None,
     name: str | None = None,
     max_questions: int | None = None,
+    seed: int = 42,
 ) -> list[QAItem]:
-    """The questions of one benchmark in its standard format (the first ``max_questions``)."""
+    """The questions of one benchmark in its standard format; with ``max_questions``, a
+    random subset of that many drawn with ``seed``, in file order (as the authors draw
+    theirs, ``seeded_subset``)."""
     name = name or format
     if format == "activitynet_qa":
         if answers is None:
@@ -46,4 +50,4 @@ def load_benchmark(
         items = LOADERS[format](annotations, videos, video_map=video_map, name=name)
     else:
         raise AnnotationError(f"unknown VideoQA format {format!r}; use one of {sorted(LOADERS)}")
-    return items[:max_questions] if max_questions else items
+    return seeded_subset(items, max_questions, seed)

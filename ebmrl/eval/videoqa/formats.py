@@ -11,7 +11,9 @@
 - **PororoQA** (json): ``{"PororoQA": [{video_name, supporting_num, question,
   answer0..answer4, correct_idx, ...}]}``. Videos: the release's
   ``<videos>/<season>/<episode>/<supporting_num>.gif``, or a ``video_map`` entry for
-  ``"<video_name>/<supporting_num>"``.
+  ``"<video_name>/<supporting_num>"``. The shots around the supporting one (numbers
+  ``supporting_num - 8`` to ``supporting_num + 7``, from 1, those that exist, found the
+  same way) are the item's ``shots``: the authors show the model frames of all of them.
 
 A ``video_map`` (JSON object: benchmark video key -> path relative to ``videos``, with or
 without extension) overrides the layout for any benchmark. Loaders check the annotations
@@ -64,6 +66,13 @@ class QAItem:
     kind: Literal["yes_no", "choice", "open"]
     options: tuple[str, ...] = ()
     qtype: str = "all"
+    format: str = ""  # activitynet_qa | nextqa | pororoqa
+    shots: tuple[str, ...] = ()  # PororoQA: the shots around the supporting one, in order
+
+    @property
+    def answer_index(self) -> int:
+        """A choice question's right option, from 0."""
+        return OPTION_LETTERS.index(self.answer)
 
 
 # --------------------------------------------------------------------------- videos
@@ -164,6 +173,7 @@ def load_activitynet_qa(
                 answer=answer,
                 kind="yes_no" if answer in ("yes", "no") else "open",
                 qtype=ACTIVITYNET_TYPES.get(kind_code, str(kind_code)),
+                format="activitynet_qa",
             )
         )
     return items
@@ -208,6 +218,7 @@ def load_nextqa(
                 kind="choice",
                 options=options,
                 qtype=str(_field(row, "type", where)).strip(),
+                format="nextqa",
             )
         )
     return items
@@ -224,6 +235,29 @@ def pororo_video_stem(video_name: str, supporting_num: str) -> str:
     episode = video_name.replace(",", "")
     season = "_".join(episode.split("_")[:-1]) or episode
     return f"{season}/{episode}/{supporting_num}"
+
+
+PORORO_SHOTS_BEFORE, PORORO_SHOTS_AFTER = 8, 7  # the authors' window around the supporting shot
+
+
+def pororo_shots(
+    videos: str | Path, video_name: str, supporting_num: str, mapping: dict[str, str]
+) -> tuple[str, ...]:
+    """The existing shot files around the supporting shot, in order (none when
+    ``supporting_num`` is not a number)."""
+    try:
+        centre = int(str(supporting_num).strip())
+    except ValueError:
+        return ()
+    found = []
+    for number in range(max(1, centre - PORORO_SHOTS_BEFORE), centre + PORORO_SHOTS_AFTER + 1):
+        key = f"{video_name}/{number}"
+        path = Path(
+            find_video(videos, mapping.get(key, pororo_video_stem(video_name, str(number))))
+        )
+        if path.is_file():
+            found.append(str(path))
+    return tuple(found)
 
 
 def load_pororoqa(
@@ -255,6 +289,8 @@ def load_pororoqa(
                 kind="choice",
                 options=options,
                 qtype=str(row.get("type") or "all"),
+                format="pororoqa",
+                shots=pororo_shots(videos, video_name, support, mapping),
             )
         )
     return items

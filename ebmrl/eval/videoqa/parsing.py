@@ -1,7 +1,7 @@
 """Read a model's VideoQA answer out of its ``<answer>`` block, robustly but never guessing.
 
-The answer region is the ``<answer>`` block, or, when there is none, the text with its
-other blocks removed (``strip_blocks``). Then:
+The answer region is the ``<answer>`` block (its tags in any case), or, when there is
+none, the text with its other blocks removed (``strip_blocks``). Then:
 
 - **multiple choice** (``parse_choice``): a bare letter (``B``, ``(b)``, ``B.``), a leading
   letter with a delimiter (``B) a dog``, ``(C): ...``), an explicit phrase (``the answer is
@@ -11,6 +11,13 @@ other blocks removed (``strip_blocks``). Then:
 - **open** (``parse_open``): the normalised text.
 
 None means unparseable: the question counts as wrong, and is counted as unparseable.
+Options are labelled by letters (ours) or by digits from 0 (the authors); the parser
+reads either (``labels``).
+
+``exact_match`` is the authors' scoring instead: the first closed ``<answer>`` block,
+stripped, must be the gold label itself (ActivityNet-QA: the tags matched
+case-insensitively, the text lower-cased, and with no block the last "yes" or "no" of
+the whole text); anything else is wrong.
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ebmrl.tags import DEFAULT_ALIASES, DEFAULT_TAGS, parse_roles, strip_blocks, tag_names
+from ebmrl.tags import (
+    DEFAULT_ALIASES,
+    DEFAULT_TAGS,
+    as_text,
+    first_block,
+    strip_blocks,
+    tag_names,
+)
 
 YES = {"yes", "yeah", "yep", "true"}
 NO = {"no", "nope", "false"}
@@ -29,9 +43,9 @@ def answer_region(text: str, tags: Sequence[str] = DEFAULT_TAGS) -> tuple[str, b
     """The text to read the answer from, and whether it came from an ``<answer>`` block
     (``tags``: the tag names in use)."""
     names = tag_names(tags)
-    block = parse_roles(text, names).answer
+    block = first_block(as_text(text), names.answer, ignore_case=True)
     if block is not None:
-        return block, True
+        return block.strip(), True
     return strip_blocks(text, (*names, *DEFAULT_ALIASES.get(names.perception, ()))), False
 
 
@@ -43,13 +57,22 @@ def normalise(text: str) -> str:
     return " ".join(words)
 
 
+def option_labels(count: int, digits: bool = False) -> str:
+    """The labels of ``count`` options: "ABCDE" (ours) or "01234" (the authors)."""
+    return "".join(str(i) if digits else chr(ord("A") + i) for i in range(count))
+
+
 def parse_choice(
-    text: str, options: Sequence[str], tags: Sequence[str] = DEFAULT_TAGS
+    text: str,
+    options: Sequence[str],
+    tags: Sequence[str] = DEFAULT_TAGS,
+    labels: str | None = None,
 ) -> str | None:
-    """The option letter ("A", "B", ...) the answer names, or None."""
+    """The option label the answer names ("A", "B", ... or, with ``labels="01234"``,
+    "0", "1", ...), or None."""
     region, _ = answer_region(text, tags)
     region = region.strip()
-    letters = "".join(chr(ord("A") + i) for i in range(len(options)))
+    letters = labels if labels is not None else option_labels(len(options))
     if not region or not letters:
         return None
     bare = region.strip(" \t\n\"'`*[](){}<>.:;,!?-")
@@ -99,3 +122,25 @@ def parse_yes_no(text: str, tags: Sequence[str] = DEFAULT_TAGS) -> str | None:
 def parse_open(text: str, tags: Sequence[str] = DEFAULT_TAGS) -> str | None:
     region, _ = answer_region(text, tags)
     return normalise(region) or None
+
+
+_YES_NO_WORD = re.compile(r"\b(yes|no)\b")
+
+
+def exact_match(
+    text: str, gold: str, kind: str, tags: Sequence[str] = DEFAULT_TAGS
+) -> tuple[bool, bool]:
+    """(correct, has an answer block) the authors' way: ``gold`` is the label ("2") or
+    the answer text ("yes"); ``kind`` the question kind (yes_no, choice, open)."""
+    answer = tag_names(tags).answer
+    text = str(text or "")
+    if kind == "choice":
+        block = first_block(text, answer)
+        return block is not None and block.strip() == gold, block is not None
+    block = first_block(text, answer, ignore_case=True)
+    if block is not None:
+        return block.strip().lower() == gold.strip().lower(), True
+    if kind == "yes_no":  # their fallback: the last yes/no word of the whole text
+        said = _YES_NO_WORD.findall(text.lower())
+        return bool(said) and said[-1] == gold.strip().lower(), False
+    return False, False

@@ -9,6 +9,13 @@ decord, resized to a pixel budget). Each question ends as one of:
   ``unparseable``;
 - ``not_scored`` with the reason (the video is missing or does not decode, the backend
   failed): left out of the accuracy and counted, never guessed.
+
+Every scored answer is read twice: by our lenient parser (``accuracy``) and by the
+authors' exact match of the answer block (``authors.accuracy``). ``protocol`` is how the
+question is *asked*: ``ebmrl`` labels options (A)...(E); ``authors`` labels them
+(0)...(4) and wants the digit, and for PororoQA adds a character list and shows two
+frames of each shot around the supporting one (``shot_frames``), when the annotations
+give those shots.
 """
 
 from __future__ import annotations
@@ -23,10 +30,17 @@ import numpy as np
 
 from ebmrl import prompts
 from ebmrl.backends import ChatRequest, GenerationClient, Message, map_concurrent
-from ebmrl.eval.videoqa.formats import OPTION_LETTERS, QAItem
-from ebmrl.eval.videoqa.parsing import answer_region, parse_choice, parse_open, parse_yes_no
+from ebmrl.eval.videoqa.formats import QAItem
+from ebmrl.eval.videoqa.parsing import (
+    answer_region,
+    exact_match,
+    option_labels,
+    parse_choice,
+    parse_open,
+    parse_yes_no,
+)
 from ebmrl.tags import DEFAULT_TAGS, tag_names
-from ebmrl.video import VideoError, probe, sample_frames
+from ebmrl.video import VideoError, probe, read_frames, resize_frames, sample_frames
 
 Answerer = Callable[[QAItem, np.ndarray], str]
 
@@ -38,32 +52,48 @@ class QAResult:
     system: str
     qtype: str
     kind: str
-    answer: str  # the gold answer
+    answer: str  # the gold answer (an option's label as asked: a letter or a digit)
     status: str  # scored | not_scored
     text: str = ""
     prediction: str | None = None
     correct: bool = False
     from_block: bool = False
     reason: str | None = None
+    exact_correct: bool = False  # the authors' exact match of the answer block
+    answer_block: bool = False  # the authors' regex found an answer block
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def predict(item: QAItem, text: str, tags: Sequence[str] = DEFAULT_TAGS) -> str | None:
+def labels_for(item: QAItem, protocol: str = "ebmrl") -> str:
+    """The option labels the question is asked with: letters (ours) or digits (authors)."""
+    return option_labels(len(item.options), digits=protocol == "authors")
+
+
+def gold(item: QAItem, protocol: str = "ebmrl") -> str:
+    """The right answer as asked: an option's label, or the answer text."""
     if item.kind == "choice":
-        return parse_choice(text, item.options, tags)
+        return labels_for(item, protocol)[item.answer_index]
+    return item.answer
+
+
+def predict(
+    item: QAItem, text: str, tags: Sequence[str] = DEFAULT_TAGS, protocol: str = "ebmrl"
+) -> str | None:
+    if item.kind == "choice":
+        return parse_choice(text, item.options, tags, labels_for(item, protocol))
     if item.kind == "yes_no":
         return parse_yes_no(text, tags)
     return parse_open(text, tags)
 
 
-def is_correct(item: QAItem, prediction: str | None) -> bool:
+def is_correct(item: QAItem, prediction: str | None, protocol: str = "ebmrl") -> bool:
     if prediction is None:
         return False
     if item.kind == "open":
         return prediction == " ".join(item.answer.lower().split())
-    return prediction == item.answer
+    return prediction == gold(item, protocol)
 
 
 # ------------------------------------------------------------------------- frames
@@ -114,24 +144,61 @@ class FrameReader:
         return cached
 
 
+SHOT_FRAME_FRACTIONS = (0.33, 0.66)  # the authors: two frames of each PororoQA shot
+
+
+def _shot_indices(info) -> list[int]:
+    if info.num_frames <= 1:
+        return [0] * len(SHOT_FRAME_FRACTIONS)
+    return [int(info.num_frames * f) for f in SHOT_FRAME_FRACTIONS]
+
+
+def shot_frames(shots: Sequence[str], max_pixels: int) -> np.ndarray:
+    """Two frames of each shot (a third and two thirds in; a one-frame shot twice), all
+    at the first shot's size under ``max_pixels``; raises ``VideoError``."""
+    parts, size = [], None
+    for shot in shots:
+        frames, _, info = read_frames(shot, _shot_indices)
+        if size is None:
+            size = fit_pixels(info.width, info.height, max_pixels) or (info.width, info.height)
+        if frames.shape[1:3] != (size[1], size[0]):
+            frames = resize_frames(frames, size[1], size[0])
+        parts.append(frames)
+    if not parts:
+        raise VideoError("", "no shots")
+    return np.concatenate(parts)
+
+
 # -------------------------------------------------------------------- answering
 def videoqa_request(
-    item: QAItem, frames: np.ndarray, max_tokens: int, tags: Sequence[str] = DEFAULT_TAGS
+    item: QAItem,
+    frames: np.ndarray,
+    max_tokens: int,
+    tags: Sequence[str] = DEFAULT_TAGS,
+    protocol: str = "ebmrl",
 ) -> ChatRequest:
-    """The ``<perception><think><answer>`` prompt for one question (in ``tags``), greedy."""
+    """The ``<perception><think><answer>`` prompt for one question (in ``tags``), greedy;
+    options labelled as ``protocol`` asks (letters, or the authors' digits)."""
+    names = tag_names(tags)
     if item.kind == "choice":
-        options = "\n".join(f"({OPTION_LETTERS[i]}) {text}" for i, text in enumerate(item.options))
-        user = prompts.load("videoqa_choice").format(question=item.question, options=options)
+        labels = labels_for(item, protocol)
+        options = "\n".join(f"({labels[i]}) {text}" for i, text in enumerate(item.options))
+        user = prompts.load("videoqa_choice").format(
+            question=item.question,
+            options=options,
+            answer=names.answer,
+            label_kind="number" if protocol == "authors" else "letter",
+        )
     elif item.kind == "yes_no":
-        user = prompts.load("videoqa_yes_no").format(question=item.question)
+        user = prompts.load("videoqa_yes_no").format(question=item.question, answer=names.answer)
     else:
-        user = prompts.load("videoqa_open").format(question=item.question)
+        user = prompts.load("videoqa_open").format(question=item.question, answer=names.answer)
+    system = prompts.load("videoqa_system").format(**names._asdict()).strip()
+    if protocol == "authors" and item.format == "pororoqa":
+        system += "\n\n" + prompts.load("videoqa_pororo_characters").strip()
     return ChatRequest(
         messages=(
-            Message(
-                "system",
-                prompts.load("videoqa_system").format(**tag_names(tags)._asdict()).strip(),
-            ),
+            Message("system", system),
             Message("user", user.strip()),
         ),
         frames=frames,
@@ -143,12 +210,15 @@ def videoqa_request(
 
 
 def vlm_answerer(
-    client: GenerationClient, max_tokens: int, tags: Sequence[str] = DEFAULT_TAGS
+    client: GenerationClient,
+    max_tokens: int,
+    tags: Sequence[str] = DEFAULT_TAGS,
+    protocol: str = "ebmrl",
 ) -> Answerer:
     """Answers with a VLM backend (cached by the client: reruns do not regenerate)."""
 
     def answer(item: QAItem, frames: np.ndarray) -> str:
-        request = videoqa_request(item, frames, max_tokens, tags)
+        request = videoqa_request(item, frames, max_tokens, tags, protocol)
         return client.generate(request, benchmark=item.benchmark, qid=item.qid)
 
     return answer
@@ -163,20 +233,28 @@ def answer_questions(
     concurrency: int = 1,
     progress: bool = False,
     tags: Sequence[str] = DEFAULT_TAGS,
+    protocol: str = "ebmrl",
+    max_pixels: int = 100_352,
 ) -> list[QAResult]:
-    """One ``QAResult`` per item, in order; failures are recorded per question."""
+    """One ``QAResult`` per item, in order; failures are recorded per question.
+    ``protocol="authors"``: a PororoQA question with ``shots`` is shown two frames of
+    each (``max_pixels`` each) instead of ``frames(item.video)``."""
 
     def run(item: QAItem) -> QAResult:
+        right = gold(item, protocol)
         base = {
             "benchmark": item.benchmark,
             "qid": item.qid,
             "system": system,
             "qtype": item.qtype,
             "kind": item.kind,
-            "answer": item.answer,
+            "answer": right,
         }
         try:
-            clip = frames(item.video)
+            if protocol == "authors" and item.shots:
+                clip = shot_frames(item.shots, max_pixels)
+            else:
+                clip = frames(item.video)
         except VideoError as exc:
             return QAResult(
                 **base, status="not_scored", reason=f"video unreadable: {exc.reason} ({exc.uri})"
@@ -187,14 +265,17 @@ def answer_questions(
             return QAResult(
                 **base, status="not_scored", reason=f"answer failed: {type(exc).__name__}: {exc}"
             )
-        prediction = predict(item, text, tags)
+        prediction = predict(item, text, tags, protocol)
+        exact, block = exact_match(text, right, item.kind, tags)
         return QAResult(
             **base,
             status="scored",
             text=text,
             prediction=prediction,
-            correct=is_correct(item, prediction),
+            correct=is_correct(item, prediction, protocol),
             from_block=answer_region(text, tags)[1],
+            exact_correct=exact,
+            answer_block=block,
         )
 
     outcomes = map_concurrent(run, items, concurrency=concurrency, desc=system, progress=progress)
@@ -206,8 +287,11 @@ def answer_questions(
 
 # ---------------------------------------------------------------------- summary
 def _accuracy(results: Sequence[QAResult]) -> dict[str, Any]:
+    """Our figures (lenient parser) and the authors' (``authors``: exact match of the
+    answer block), both over the scored questions."""
     scored = [r for r in results if r.status == "scored"]
     correct = sum(r.correct for r in scored)
+    exact = sum(r.exact_correct for r in scored)
     return {
         "questions": len(results),
         "scored": len(scored),
@@ -215,6 +299,11 @@ def _accuracy(results: Sequence[QAResult]) -> dict[str, Any]:
         "accuracy": round(correct / len(scored), 6) if scored else 0.0,
         "unparseable": sum(r.prediction is None for r in scored),
         "not_scored": len(results) - len(scored),
+        "authors": {
+            "correct": exact,
+            "accuracy": round(exact / len(scored), 6) if scored else 0.0,
+            "no_answer_block": sum(not r.answer_block for r in scored),
+        },
     }
 
 
