@@ -418,3 +418,54 @@ def test_the_step_breakdown_stays_out_of_dvc_outputs():
     logged = {"reward": 1.0, "step_time": 3.0, "timing/generation": 2.0}
     logged["timing/rewards/pcg"] = 0.5
     assert without_timings(logged) == {"reward": 1.0}
+
+
+def test_step_breakdown_reaches_a_real_mlflow_store_every_step(
+    tiny_models, frame_store, tmp_path, monkeypatch
+):
+    import mlflow
+
+    from ebmrl.train.grpo import timings_out_of_the_state
+
+    def short_reward(completions, **kwargs):
+        return [1.0 / (1 + len(str(c))) for c in completions]
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model, processor = load_vlm(tiny_models["vlm"])
+    trainer = VideoGRPOTrainer(
+        model=model,
+        reward_funcs=[varied_reward, short_reward],
+        args=grpo_args(tmp_path, max_steps=2, report_to=["mlflow"]),
+        train_dataset=make_dataset(frame_store),
+        processing_class=processor,
+        frame_store=frame_store,
+        callbacks=[timings_out_of_the_state()],  # as the GRPO stage has it
+    )
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("step-breakdown")
+        with mlflow.start_run() as run:
+            trainer.train()
+    finally:
+        mlflow.set_tracking_uri(before)
+    client = mlflow.MlflowClient(uri)
+    keys = ["step_time", "timing/generation", "timing/rewards", "timing/reference_pass"]
+    keys += ["timing/rewards/varied_reward", "timing/rewards/short_reward"]
+    keys += ["timing/policy_forward_backward"]
+    history = {
+        key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        for key in keys
+    }
+    for key, series in history.items():
+        assert sorted(series) == [1, 2] and min(series.values()) > 0, (key, series)
+    for step, total in history["step_time"].items():
+        split = history["timing/generation"][step] + history["timing/policy_forward_backward"][step]
+        assert split < total * 1.05, (step, split, total)
+        per_reward = sum(
+            history[f"timing/rewards/{n}"][step] for n in ("varied_reward", "short_reward")
+        )
+        assert per_reward <= history["timing/rewards"][step] * 1.05
+    # MLflow has them; the trainer's state (what checkpoints and DVC outputs keep) does not.
+    assert not [k for entry in trainer.state.log_history for k in entry if "timing/" in k]
