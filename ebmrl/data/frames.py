@@ -199,7 +199,8 @@ def ordered_map(
     fn: Callable[..., Any], tasks: Sequence[Any], *args: Any, workers: int
 ) -> Iterator[tuple[Any, Any, BaseException | None]]:
     """``(task, result, error)`` in task order, ``workers`` processes (0: this process),
-    at most ``2 * workers`` tasks in flight."""
+    at most ``4 * workers`` tasks in flight, so a slow clip at the head of the queue does
+    not leave the other workers idle (the results waiting behind it are small)."""
     if workers <= 0:
         for task in tasks:
             try:
@@ -214,7 +215,7 @@ def ordered_map(
         iterator = iter(tasks)
         for task in iterator:
             pending.append((task, pool.submit(fn, task, *args)))
-            if len(pending) >= 2 * workers:
+            if len(pending) >= 4 * workers:
                 break
         while pending:
             task, future = pending.popleft()
