@@ -308,8 +308,7 @@ def write_npz(handle, members: Iterable[ShardMember]) -> None:
     import struct
 
     dos_time, dos_date, unix_file = 0, (0 << 9) | (1 << 5) | 1, 0o100644 << 16
-    offset, directory = 0, b""
-    count = 0
+    offset, records = 0, []
     for member in members:
         name = member.name.encode("utf-8")
         extra = struct.pack("<HHQQ", 1, 16, member.size, len(member.data))
@@ -321,12 +320,12 @@ def write_npz(handle, members: Iterable[ShardMember]) -> None:
         handle.write(member.data)
         start, offset = offset, offset + len(header) + len(name) + len(extra) + len(member.data)
         extra = struct.pack("<HHQQQ", 1, 24, member.size, len(member.data), start)
-        directory += struct.pack(
+        records.append(struct.pack(
             "<4s4B4HL2L5H2L", b"PK\x01\x02", 45, 3, 45, 0, 0, member.method, dos_time,
             dos_date, member.crc, 0xFFFFFFFF, 0xFFFFFFFF, len(name), len(extra), 0, 0, 0,
             unix_file, 0xFFFFFFFF,
-        ) + name + extra  # fmt: skip
-        count += 1
+        ) + name + extra)  # fmt: skip
+    directory, count = b"".join(records), len(records)
     handle.write(directory)
     end64 = offset + len(directory)
     handle.write(
