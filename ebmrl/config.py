@@ -509,6 +509,10 @@ class GrpoSection(TrainingSection):
     use_vllm: bool = False
     vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.3
     vllm_enable_sleep_mode: bool = False
+    # The no-gradient passes (reference and old-policy log-probs, PCG scoring) run each
+    # prompt + video once per group and only the completions on its cached prefix; the
+    # same numbers (tested). Models that cannot share a prefix run row by row anyway.
+    shared_prefix: bool = True
 
     @field_validator("temperature")
     @classmethod

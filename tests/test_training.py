@@ -334,6 +334,19 @@ def test_grpo_stage_tracks_every_reward_and_the_completions_table(
         assert sorted(m.step for m in series) == [1, 2, 3, 4], name
     for key in ("reward", "kl", "completions/mean_length", "rewards/pcg/baseline_queries"):
         assert client.get_metric_history(stage.info.run_id, key), key
+    # Where each step's time went (seconds): in MLflow, never in the DVC outputs.
+    timings = ["step_time", "timing/generation", "timing/reference_pass", "timing/rewards"]
+    timings += [f"timing/rewards/{name}" for name in REWARDS]
+    history = {
+        key: {m.step: m.value for m in client.get_metric_history(stage.info.run_id, key)}
+        for key in [*timings, "timing/policy_forward_backward"]
+    }
+    for key, series in history.items():
+        assert sorted(series) == [1, 2, 3, 4] and min(series.values()) > 0, (key, series)
+    for step, total in history["step_time"].items():
+        split = history["timing/generation"][step] + history["timing/policy_forward_backward"][step]
+        assert split < total * 1.05, (step, split, total)  # parts of TRL's step, not more
+    assert "timing/" not in (tmp_path / "log.json").read_text()
     artifacts = [a.path for a in client.list_artifacts(stage.info.run_id, "completions")]
     assert artifacts == ["completions/step_000002.json", "completions/step_000004.json"]
     table = mlflow.load_table("completions/step_000004.json", run_ids=[stage.info.run_id])

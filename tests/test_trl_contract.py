@@ -60,9 +60,11 @@ def test_a_removed_method_is_named():
 
 def test_an_unrecorded_override_is_an_error():
     class Ours(VideoGRPOTrainer):
-        def _prepare_inputs(self, generation_batch):
-            return super()._prepare_inputs(generation_batch)
+        def log(self, logs, start_time=None):
+            return super().log(logs, start_time)
 
     Ours.__module__ = "ebmrl.train.example"
-    with pytest.raises(TrlContractError, match="_prepare_inputs.*does not record"):
+    with pytest.raises(
+        TrlContractError, match="Ours.log overrides GRPOTrainer.log.*does not record"
+    ):
         check_overrides(Ours, GRPOTrainer)

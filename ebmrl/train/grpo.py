@@ -95,10 +95,12 @@ def reference_model(trainer: Any, init_model: str, models: Any) -> Any:
     return trainer.accelerator.unwrap_model(ref).eval()
 
 
-# Per-step timings TRL logs (to MLflow): kept out of the log history the stage writes
-# as a DVC plots file and out of the checkpoints' trainer_state.json (DVC hashes both),
-# which must be the same bytes for the same inputs.
+# Per-step timings TRL and VideoGRPOTrainer log (to MLflow: step_time, timing/...): kept
+# out of the log history the stage writes as a DVC plots file and out of the
+# checkpoints' trainer_state.json (DVC hashes both), which must be the same bytes for the
+# same inputs.
 TIMING_KEYS = ("step_time",)
+TIMING_PREFIX = "timing/"
 
 
 def grpo_rows(inputs: TrainingInputs, tags: Sequence[str] = DEFAULT_TAGS) -> list[dict[str, Any]]:
@@ -116,7 +118,9 @@ def without_timings(entry: dict[str, Any]) -> dict[str, Any]:
     return {
         k: v
         for k, v in entry.items()
-        if k not in TIMING_KEYS and not k.endswith(("_runtime", "_per_second"))
+        if k not in TIMING_KEYS
+        and not k.startswith(TIMING_PREFIX)
+        and not k.endswith(("_runtime", "_per_second"))
     }
 
 
@@ -166,6 +170,7 @@ def train_grpo(
         frame_store=inputs.frames,
         aggregation=setup.aggregation,
         kl_clamp=section.kl_clamp,
+        shared_prefix=section.shared_prefix,
         callbacks=[*callbacks, timings_out_of_the_state()],
     )
     if pcg_scorer is not None:

@@ -55,6 +55,8 @@ OVERRIDDEN: Mapping[str, tuple[str, ...]] = {
     ),
     "_compute_loss": ("self", "model", "inputs"),
     "_load_from_checkpoint": ("self", "resume_from_checkpoint", "model"),
+    "_prepare_inputs": ("self", "generation_batch"),
+    "training_step": ("self", "model", "inputs", "num_items_in_batch"),
 }
 
 
