@@ -423,6 +423,7 @@ def test_the_step_breakdown_stays_out_of_dvc_outputs():
     assert without_timings(logged) == {"reward": 1.0}
 
 
+@pytest.mark.slow
 def test_step_breakdown_reaches_a_real_mlflow_store_every_step(
     tiny_models, frame_store, tmp_path, monkeypatch
 ):
