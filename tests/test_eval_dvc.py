@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_eval_report import ink, require_chromium, screenshot
+from conftest import ink, require_chromium, screenshot
 
 from ebmrl.config import load
 

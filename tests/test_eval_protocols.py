@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_eval_report import ink, no_external_resources, require_chromium, screenshot
+from conftest import ink, no_external_resources, require_chromium, screenshot
 
 from ebmrl.backends import GenerationClient, RetryPolicy
 from ebmrl.backends.openai_http import OpenAIHTTPBackend

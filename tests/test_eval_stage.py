@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import RuleJudge, ScriptedSystem, run_stats
-from test_eval_report import ink, no_external_resources, screenshot
+from conftest import RuleJudge, ScriptedSystem, ink, no_external_resources, run_stats, screenshot
 
 from ebmrl.cli import main
 from ebmrl.data.dataset import write_dataset

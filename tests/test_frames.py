@@ -132,7 +132,7 @@ def test_writer_checks_shapes(tmp_path):
 
 @pytest.mark.slow
 def test_frames_stage_with_real_h264_clip_is_resized(tmp_path, embedder):
-    from test_ingest import real_clip
+    from conftest import real_clip
 
     path = real_clip("bikes.mp4")
     info = video.probe(path)

