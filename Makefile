@@ -13,14 +13,14 @@ PYTEST_ARGS ?=
 # dvc runs stage commands (`ebmrl ...`) through the shell: put the venv first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test test-learning lint format clean browser
+.PHONY: install demo test test-fast test-learning lint format clean browser
 .PHONY: mlflow-ui services-up services-down services-status deploy pipeline dvc-remote-local
 .PHONY: gpu-worker
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[pipeline,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +34,11 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier while you change code (under 3 minutes on 2 cores): pure and tiny-model
+# unit tests; no training runs, servers, DVC pipelines or browser. `make test` runs all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
 # Only the learning-signal checks (also part of make test), printing their numbers.
 test-learning: $(STAMP)

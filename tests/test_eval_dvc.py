@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_eval_report import ink, require_chromium, screenshot
+from conftest import ink, require_chromium, screenshot
 
 from ebmrl.config import load
 
@@ -71,6 +71,7 @@ def test_plot_definitions(dvc_yaml):
     assert "html_template = plots/offline_page.html" in config
 
 
+@pytest.mark.slow
 def test_dvc_plots_show_renders_offline(tmp_path):
     """`dvc plots show` with the repo's config and templates: a page without any network
     reference whose charts really draw (vega marks in the DOM, ink in a screenshot)."""

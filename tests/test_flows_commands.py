@@ -74,6 +74,7 @@ def _outcome(repo: Path, stage: str) -> tuple[bool, CommandFailed | None]:
         ("missing_dep", False),  # DVC's own error: a dependency does not exist
     ],
 )
+@pytest.mark.slow
 def test_failures_through_real_dvc_are_classified(scratch_repo, stage, transient):
     ok, failure = _outcome(scratch_repo, stage)
     assert not ok and failure is not None
@@ -81,17 +82,20 @@ def test_failures_through_real_dvc_are_classified(scratch_repo, stage, transient
     assert f"stage {stage}" in str(failure)
 
 
+@pytest.mark.slow
 def test_the_stage_error_is_in_the_failure_message(scratch_repo):
     _, failure = _outcome(scratch_repo, "invalid")
     assert "rewards.weights.clip: bad" in str(failure)
     assert "exited with 2" in str(failure)
 
 
+@pytest.mark.slow
 def test_a_successful_stage_streams_and_returns(scratch_repo):
     ok, _ = _outcome(scratch_repo, "ok")
     assert ok and (scratch_repo / "ok.txt").read_text().strip() == "made"
 
 
+@pytest.mark.slow
 def test_a_stage_busy_in_another_dvc_run_is_transient(scratch_repo):
     """Two repro runs of one stage at once: DVC refuses the second ("is busy"); retrying
     later helps. (DVC releases its repository lock while a stage command runs and locks
@@ -134,6 +138,7 @@ def test_network_patterns_count_only_when_dvc_itself_failed():
     assert not is_transient(CommandResult(2, ("error: x.y: unknown key",)), through_dvc=False)
 
 
+@pytest.mark.slow
 def test_stage_order_follows_the_dag_of_this_repository(tmp_path):
     """In a copy (a DVC repository of its own): every stage after the stages it needs."""
     work = tmp_path / "repo"

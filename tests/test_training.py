@@ -181,6 +181,7 @@ def test_grpo_raises_the_total_reward(tmp_path, tiny_models, inputs, sft_result)
 
 
 # --------------------------------------------------------------------- bad input
+@pytest.mark.slow
 def test_empty_train_split_is_a_clear_error(tmp_path, tiny_models, inputs):
     params = params_for(tmp_path, tiny_models)
     empty = TrainingInputs(
@@ -333,6 +334,19 @@ def test_grpo_stage_tracks_every_reward_and_the_completions_table(
         assert sorted(m.step for m in series) == [1, 2, 3, 4], name
     for key in ("reward", "kl", "completions/mean_length", "rewards/pcg/baseline_queries"):
         assert client.get_metric_history(stage.info.run_id, key), key
+    # Where each step's time went (seconds): in MLflow, never in the DVC outputs.
+    timings = ["step_time", "timing/generation", "timing/reference_pass", "timing/rewards"]
+    timings += [f"timing/rewards/{name}" for name in REWARDS]
+    history = {
+        key: {m.step: m.value for m in client.get_metric_history(stage.info.run_id, key)}
+        for key in [*timings, "timing/policy_forward_backward"]
+    }
+    for key, series in history.items():
+        assert sorted(series) == [1, 2, 3, 4] and min(series.values()) > 0, (key, series)
+    for step, total in history["step_time"].items():
+        split = history["timing/generation"][step] + history["timing/policy_forward_backward"][step]
+        assert split < total * 1.05, (step, split, total)  # parts of TRL's step, not more
+    assert "timing/" not in (tmp_path / "log.json").read_text()
     artifacts = [a.path for a in client.list_artifacts(stage.info.run_id, "completions")]
     assert artifacts == ["completions/step_000002.json", "completions/step_000004.json"]
     table = mlflow.load_table("completions/step_000004.json", run_ids=[stage.info.run_id])
@@ -429,6 +443,7 @@ def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
 
 
 # ------------------------------------------------------------------------ resume
+@pytest.mark.slow
 def test_resume_loads_every_weight_of_the_checkpoint(tmp_path, tiny_models, sft_result):
     """transformers 5.24's Trainer resumes Qwen2.5-VL with none of the checkpoint's weights
     (saved key names differ from module names); our trainers load them all."""

@@ -38,6 +38,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.train.checkpoint_sync import checkpoints_uri
     from ebmrl.train.grpo import grpo_rows, train_grpo
 
+    if not args.no_tracking:
+        tracking.require_mlflow()  # before any model loads
+
     section, models = params.grpo, params.models
     started = time.perf_counter()
     if section.use_vllm:

@@ -36,6 +36,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.train.checkpoint_sync import checkpoints_uri
     from ebmrl.train.sft import sft_rows, train_sft
 
+    if not args.no_tracking:
+        tracking.require_mlflow()  # before any model loads
+
     section, models, tags = params.sft, params.models, params.tag_names()
     started = time.perf_counter()
     is_main, inputs, model, processor = prepare_training_stage(

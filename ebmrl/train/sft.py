@@ -92,9 +92,12 @@ def train_sft(
     from trl import SFTTrainer
 
     from ebmrl.train.resume import ResumeWithConvertedKeys
+    from ebmrl.train.trl_contract import check_overrides
 
     class VideoSFTTrainer(ResumeWithConvertedKeys, SFTTrainer):
         pass
+
+    check_overrides(VideoSFTTrainer, SFTTrainer)
 
     train_rows, held_out = sft_rows(inputs, section.eval_samples, tags, section.target_layout)
     out = Path(section.out)
