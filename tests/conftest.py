@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -409,3 +411,95 @@ def tiny_trainer(tiny_models, store, tmp_path, **kwargs):
         **kwargs,
     )
     return trainer, model, processor
+
+
+# Prefect, DVC and S3 end-to-end tests (tests/test_flows_e2e.py, test_flows_workspaces_e2e.py).
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+VENV_BIN = Path(sys.executable).parent
+
+
+def run(repo: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command in ``repo`` with the venv first on PATH; fail with its output."""
+    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    result = subprocess.run(args, cwd=repo, env=full_env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def use_s3_remote(repo: Path, s3_url: str, prefix: str) -> None:
+    """A DVC remote on the S3 server; the endpoint in config.local, no credentials."""
+    run(repo, "dvc", "remote", "add", "--local", "-d", "-f", "storage", f"s3://ebmrl-dvc/{prefix}")
+    run(repo, "dvc", "remote", "modify", "--local", "storage", "endpointurl", s3_url)
+
+
+class Prefect:
+    """A small synchronous view of the Prefect API for the assertions."""
+
+    def __init__(self, api_url: str):
+        from prefect.client.orchestration import SyncPrefectClient
+
+        self.client = SyncPrefectClient(api_url)
+        self.client.__enter__()
+
+    def close(self) -> None:
+        self.client.__exit__(None, None, None)
+
+    def trigger(self, deployment: str, parameters: dict, env: dict | None = None):
+        found = self.client.read_deployment_by_name(deployment)
+        return self.client.create_flow_run_from_deployment(
+            found.id, parameters=parameters, job_variables={"env": env or {}}
+        )
+
+    def wait(self, flow_run_id, timeout_s: float):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            flow_run = self.client.read_flow_run(flow_run_id)
+            if flow_run.state and flow_run.state.type.value in FINAL_STATES:
+                return flow_run
+            assert time.monotonic() < deadline, f"flow run still {flow_run.state}"
+            time.sleep(2)
+
+    def children(self, parent_id):
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+        return self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])
+            )
+        )
+
+    def task_runs(self, flow_run_id):
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        return self.client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+
+    def logs(self, flow_run_ids) -> list[str]:
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        messages: list[str] = []
+        log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(flow_run_ids)))
+        while True:
+            page = self.client.read_logs(log_filter=log_filter, limit=200, offset=len(messages))
+            messages += [log.message for log in page]
+            if len(page) < 200:
+                return messages
+
+    def all_logs(self) -> list[str]:
+        messages: list[str] = []
+        while True:
+            page = self.client.read_logs(limit=200, offset=len(messages))
+            messages += [log.message for log in page]
+            if len(page) < 200:
+                return messages
+
+
+def fake_checkpoint(folder, step: int) -> None:
+    """A checkpoint-<step> folder as the trainers write it (state + a nested weights file)."""
+    import json
+
+    path = folder / f"checkpoint-{step}"
+    (path / "sub").mkdir(parents=True)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (path / "sub" / "weights.bin").write_bytes(bytes([step]) * 1000)

@@ -5,6 +5,8 @@ tests/test_training.py and tests/test_flows_e2e.py."""
 
 import json
 
+from conftest import fake_checkpoint
+
 from ebmrl.train.checkpoint_sync import (
     SYNCED,
     URI_ENV,
@@ -13,13 +15,6 @@ from ebmrl.train.checkpoint_sync import (
     checkpoints_uri,
 )
 from ebmrl.train.configs import FINGERPRINT, checkpoint_to_resume
-
-
-def fake_checkpoint(folder, step: int) -> None:
-    path = folder / f"checkpoint-{step}"
-    (path / "sub").mkdir(parents=True)
-    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    (path / "sub" / "weights.bin").write_bytes(bytes([step]) * 1000)
 
 
 def test_push_fetch_and_prune_round_trip(tmp_path):

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_working_tree
-from test_flows_e2e import Prefect, run, use_s3_remote
+from conftest import Prefect, copy_working_tree, run, use_s3_remote
 
 from flows import services
 

@@ -170,7 +170,7 @@ def test_checkpoints_sync_to_s3_and_resume_on_a_fresh_machine(tmp_path, s3_endpo
     """The checkpoint store on the S3 server: upload, the newest complete checkpoint only,
     download into an empty folder (another machine), pruning."""
     import s3fs
-    from test_checkpoint_sync import fake_checkpoint
+    from conftest import fake_checkpoint
 
     from ebmrl.train.checkpoint_sync import CheckpointStore, checkpoint_step
     from ebmrl.train.configs import checkpoint_to_resume
