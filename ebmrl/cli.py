@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ebmrl.config import DEFAULT_PARAMS_PATH, ConfigError, load
-from ebmrl.exit_codes import EXIT_INVALID, EXIT_TRANSIENT, error_line, exit_code, injected_fault
+from ebmrl.exit_codes import (
+    EXIT_INVALID,
+    EXIT_TRANSIENT,
+    error_line,
+    exit_code,
+    injected_fault,
+    refused_here,
+)
 
 # subcommand -> module under ebmrl.stages
 STAGES: dict[str, str] = {
@@ -138,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_outputs(args.dvc_file)
     if args.module == "use-profile":
         return use_profile(args.params, args.profile)
+    refused = refused_here(args.command)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return EXIT_INVALID
     fault = injected_fault(args.command)
     if fault:
         print(f"error: {fault}", file=sys.stderr)

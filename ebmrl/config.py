@@ -11,6 +11,7 @@ as that stage's ``params``.
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -354,17 +355,21 @@ class SynthesizeSection(Section):
 
 
 # -------------------------------------------------------------------------- rewards
-class RewardWeights(Section):
-    answer: NonNegFloat = 1.0
-    format: NonNegFloat = 1.0
-    clip: NonNegFloat = 0.8
-    pcg: NonNegFloat = 0.8
+# The rewards ebmrl ships, in the order TRL receives them (ebmrl.rewards.registry builds
+# them; it is not imported here because it loads torch).
+BUILTIN_REWARDS: tuple[str, ...] = ("format", "answer", "clip", "pcg")
+RewardName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=40)]
+# A reward function of the user's: "package.module:function".
+FunctionPath = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 
-    @model_validator(mode="after")
-    def _not_all_zero(self) -> RewardWeights:
-        if not any((self.answer, self.format, self.clip, self.pcg)):
-            raise ValueError("all reward weights are 0: at least one reward must count")
-        return self
+
+class KeyProblem(ValueError):
+    """A validator's error about one key below the field it validates (the key is added
+    to the reported path: ``rewards.weights.clpi``)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 class AnswerRewardSection(Section):
@@ -392,7 +397,7 @@ class LeakFilterSection(Section):
     enabled: bool = False
     threshold: Annotated[float, Field(ge=-1, le=1)] = 0.5
     # Sentence encoder (hub id or folder), e.g. sentence-transformers/all-MiniLM-L6-v2.
-    model: str = Field("models/tiny/text_encoder", min_length=1)
+    model: str = Field("models/tiny/minilm", min_length=1)
 
 
 class PcgRewardSection(Section):
@@ -406,11 +411,55 @@ class PcgRewardSection(Section):
 
 
 class RewardsSection(Section):
-    weights: RewardWeights = RewardWeights()
+    # Rewards of your own, by name: "module:function" (see README, "Add a reward"); each
+    # needs a weight below like the built-in ones.
+    functions: dict[RewardName, FunctionPath] = Field(default_factory=dict)
+    # One weight per reward (built-in and functions); 0 switches a reward off (its model
+    # is not loaded). Advantages: sum over rewards of weight x group z-score.
+    weights: dict[str, NonNegFloat] = Field(
+        default_factory=lambda: {"answer": 1.0, "format": 1.0, "clip": 0.8, "pcg": 0.8},
+        validate_default=True,
+    )
     aggregation: Literal["normalize_then_sum", "sum_then_normalize"] = "normalize_then_sum"
     answer: AnswerRewardSection = AnswerRewardSection()
     clip: ClipRewardSection = ClipRewardSection()
     pcg: PcgRewardSection = PcgRewardSection()
+
+    @field_validator("functions")
+    @classmethod
+    def _not_a_builtin(cls, functions: dict[str, str]) -> dict[str, str]:
+        for name, path in functions.items():
+            if name in BUILTIN_REWARDS:
+                raise KeyProblem(name, f"{name!r} is a built-in reward: choose another name")
+            # Imported here so that a typo is reported before any work starts.
+            module, _, attribute = path.partition(":")
+            try:
+                function = getattr(importlib.import_module(module), attribute)
+            except (ImportError, AttributeError) as exc:
+                raise KeyProblem(name, f"cannot import {path}: {exc}") from None
+            if not callable(function):
+                raise KeyProblem(name, f"{path} is not a function")
+        return functions
+
+    @field_validator("weights")
+    @classmethod
+    def _one_weight_per_reward(cls, weights: dict[str, float], info: Any) -> dict[str, float]:
+        registered = [*BUILTIN_REWARDS, *(info.data.get("functions") or {})]
+        for name in weights:
+            if name not in registered:
+                hint = difflib.get_close_matches(name, registered, n=1)
+                known = (
+                    f"did you mean rewards.weights.{hint[0]}?"
+                    if hint
+                    else "rewards: " + ", ".join(registered)
+                )
+                raise KeyProblem(name, f"unknown key ({known})")
+        for name in registered:
+            if name not in weights:
+                raise KeyProblem(name, "missing: every reward needs a weight (0 switches it off)")
+        if not any(weights.values()):
+            raise ValueError("all reward weights are 0: at least one reward must count")
+        return weights
 
 
 # ------------------------------------------------------------------------- training
@@ -510,6 +559,10 @@ class GrpoSection(TrainingSection):
     use_vllm: bool = False
     vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.3
     vllm_enable_sleep_mode: bool = False
+    # The no-gradient passes (reference and old-policy log-probs, PCG scoring) run each
+    # prompt + video once per group and only the completions on its cached prefix; the
+    # same numbers (tested). Models that cannot share a prefix run row by row anyway.
+    shared_prefix: bool = True
 
     @field_validator("temperature")
     @classmethod
@@ -682,7 +735,10 @@ class EvaluateSection(Section):
     out: str = "reports/eval"  # index.html + results.json
     metrics: str = "metrics/eval.json"
     plot_data: str = "metrics/eval_plot.json"
-    videoqa_metrics: str | None = "metrics/videoqa"  # shown in the report when present
+    # VideoQA metrics folder shown in the report. Null (the default): the report leaves
+    # them out and evaluate does not depend on videoqa, so the two run at the same time;
+    # a folder (metrics/videoqa) adds the tables, once listed in evaluate's dvc.yaml deps.
+    videoqa_metrics: str | None = None
     training_log: str | None = "metrics/grpo_log.json"  # reward curves in the report
     report_frames: Annotated[int, Field(ge=0, le=64)] = 8
     torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
@@ -779,6 +835,17 @@ class TrackingSection(Section):
     experiment: str = Field("ebmrl", min_length=1)
 
 
+class CheckpointsSection(Section):
+    """Where sft and grpo copy each checkpoint as they save it, so that a stage rerun on
+    another machine (a replacement GPU worker) resumes from it. Read by both training
+    stages but listed as a param of neither: where checkpoints go must not retrain."""
+
+    # Any fsspec URL (s3://bucket/prefix; AWS_* and AWS_ENDPOINT_URL from the environment);
+    # null: checkpoints stay on the local disk only. EBMRL_CHECKPOINTS_URI wins (the
+    # pipeline sets it to <DVC remote>/checkpoints).
+    uri: str | None = None
+
+
 TagName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", max_length=40)]
 
 
@@ -803,6 +870,7 @@ class Params(Section):
     evaluate: EvaluateSection = EvaluateSection()
     videoqa: VideoQASection = VideoQASection()
     tracking: TrackingSection = TrackingSection()
+    checkpoints: CheckpointsSection = CheckpointsSection()
 
     @field_validator("tags")
     @classmethod
@@ -884,8 +952,14 @@ def _problems(error: ValidationError, root: type[BaseModel]) -> list[tuple[str, 
             elif known:
                 message += f" (known keys here: {', '.join(known)})"
         else:
+            cause = (err.get("ctx") or {}).get("error")
             message = err["msg"].removeprefix("Value error, ")
-            if "input" in err and err["type"] != "missing":
+            if isinstance(cause, KeyProblem):
+                path = f"{path}.{cause.key}"
+                value = err.get("input")
+                if isinstance(value, dict) and cause.key in value:
+                    message += f" (got {value[cause.key]!r})"
+            elif "input" in err and err["type"] != "missing":
                 message += f" (got {err['input']!r})"
         problems.append((path, message))
     return problems

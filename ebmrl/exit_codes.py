@@ -29,6 +29,11 @@ EXIT_TRANSIENT = 75
 # with EXIT_TRANSIENT once (it creates the marker; while the marker exists it runs normally).
 FAULT_ONCE_ENV = "EBMRL_FAULT_ONCE"
 
+# Set (to the stage's name) where a stage only is to be restored from DVC's run cache
+# because it ran on another worker: a stage command, which would compute it here
+# instead, refuses.
+RESTORE_ONLY_ENV = "EBMRL_RESTORE_ONLY"
+
 # Exception classes, by module, that mean "the network or a remote service failed".
 # Looked up only in modules already imported: this module imports nothing heavy.
 _TRANSIENT_CLASSES = {
@@ -65,6 +70,8 @@ _INVALID_CLASSES = {
     "ebmrl.data.synthesize": ("SynthesisError",),
     "ebmrl.eval.videoqa.formats": ("AnnotationError",),
     "ebmrl.train.inputs": ("EmptyTrainingSet",),
+    # A stage asked to log to MLflow where the pipeline extra is not installed.
+    "ebmrl.tracking": ("TrackingUnavailable",),
 }
 
 
@@ -133,3 +140,15 @@ def injected_fault(command: str) -> str | None:
     marker_path.parent.mkdir(parents=True, exist_ok=True)
     marker_path.write_text("injected\n", encoding="utf-8")
     return f"injected transient fault ({FAULT_ONCE_ENV}={spec}); the next attempt runs"
+
+
+def refused_here(command: str) -> str | None:
+    """A message if ``EBMRL_RESTORE_ONLY`` forbids computing a stage in this workspace."""
+    stage = os.environ.get(RESTORE_ONLY_ENV, "")
+    if not stage:
+        return None
+    return (
+        f"ebmrl {command}: not computed here ({RESTORE_ONLY_ENV}={stage}): the stage ran on "
+        "another worker, and DVC's run cache on the remote has no entry for these inputs "
+        "(was its `dvc push --run-cache` lost?)"
+    )

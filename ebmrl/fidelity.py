@@ -55,7 +55,7 @@ SETTINGS: tuple[tuple[str, Getter, Any], ...] = (
     ),
     (
         "rewards.weights",
-        lambda p: p.rewards.weights.model_dump(),
+        lambda p: dict(p.rewards.weights),
         {"answer": 1.0, "format": 1.0, "clip": 0.8, "pcg": 0.8},
     ),
     ("rewards.aggregation", lambda p: p.rewards.aggregation, "normalize_then_sum"),

@@ -12,6 +12,7 @@ training.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -238,6 +239,106 @@ class ShardedFrameStore:
         self.close()
 
 
+@dataclass(frozen=True)
+class ShardMember:
+    """One array of a shard as stored: its ``.npy`` bytes, deflated (zip method 8) or
+    stored (method 0), with the CRC-32 and size of the uncompressed bytes."""
+
+    name: str
+    data: bytes
+    crc: int
+    size: int
+    method: int
+
+
+@dataclass(frozen=True)
+class ClipPayload:
+    """A clip's shard members (frames, embeddings) and index entry, ready to write."""
+
+    clip_id: str
+    members: tuple[ShardMember, ...]
+    entry: dict
+    nbytes: int  # frames + embeddings uncompressed: what ``shard_size_bytes`` counts
+
+
+def npy_member(name: str, array: np.ndarray, *, compress: bool) -> ShardMember:
+    """``array`` serialised as ``name.npy`` (what ``np.savez_compressed`` stores)."""
+    import io
+    import zlib
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+    raw = buffer.getvalue()
+    if compress:
+        deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        data, method = deflate.compress(raw) + deflate.flush(), 8
+    else:
+        data, method = raw, 0
+    return ShardMember(f"{name}.npy", data, zlib.crc32(raw), len(raw), method)
+
+
+def clip_payload(
+    clip_id: str, frames: np.ndarray, embeddings: np.ndarray, entry: dict, *, compress: bool
+) -> ClipPayload:
+    """Check, normalise and serialise one clip for a shard. Pure (no I/O), so the frames
+    stage runs it in its workers and the writer only concatenates bytes."""
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    embeddings = l2_normalise(np.asarray(embeddings, dtype=np.float32))
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"clip {clip_id!r}: frames must be (T, H, W, 3), got {frames.shape}")
+    if "clip_indices" in entry:
+        expected, what = len(entry["clip_indices"]), "CLIP frames"
+    else:
+        expected, what = frames.shape[0], "frames"
+    if embeddings.ndim != 2 or embeddings.shape[0] != expected:
+        raise ValueError(
+            f"clip {clip_id!r}: {embeddings.shape[0]} embeddings for {expected} {what}"
+        )
+    members = (
+        npy_member(f"frames/{clip_id}", frames, compress=compress),
+        npy_member(f"embeddings/{clip_id}", embeddings, compress=compress),
+    )
+    return ClipPayload(clip_id, members, dict(entry), frames.nbytes + embeddings.nbytes)
+
+
+def write_npz(handle, members: Iterable[ShardMember]) -> None:
+    """Write ``members`` as a zip file that ``np.load`` reads (zip64 records throughout, as
+    ``np.savez`` forces them; a fixed 1980-01-01 timestamp, so a shard's bytes depend only
+    on its content). Members arrive already deflated: compressing is per-clip work."""
+    import struct
+
+    dos_time, dos_date, unix_file = 0, (0 << 9) | (1 << 5) | 1, 0o100644 << 16
+    offset, records = 0, []
+    for member in members:
+        name = member.name.encode("utf-8")
+        extra = struct.pack("<HHQQ", 1, 16, member.size, len(member.data))
+        header = struct.pack(
+            "<4s2B4HL2L2H", b"PK\x03\x04", 45, 0, 0, member.method, dos_time, dos_date,
+            member.crc, 0xFFFFFFFF, 0xFFFFFFFF, len(name), len(extra),
+        )  # fmt: skip
+        handle.write(header + name + extra)
+        handle.write(member.data)
+        start, offset = offset, offset + len(header) + len(name) + len(extra) + len(member.data)
+        extra = struct.pack("<HHQQQ", 1, 24, member.size, len(member.data), start)
+        records.append(struct.pack(
+            "<4s4B4HL2L5H2L", b"PK\x01\x02", 45, 3, 45, 0, 0, member.method, dos_time,
+            dos_date, member.crc, 0xFFFFFFFF, 0xFFFFFFFF, len(name), len(extra), 0, 0, 0,
+            unix_file, 0xFFFFFFFF,
+        ) + name + extra)  # fmt: skip
+    directory, count = b"".join(records), len(records)
+    handle.write(directory)
+    end64 = offset + len(directory)
+    handle.write(
+        struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count,
+                    len(directory), offset)
+    )  # fmt: skip
+    handle.write(struct.pack("<4sLQL", b"PK\x06\x07", 0, end64, 1))
+    small = min(count, 0xFFFF)
+    handle.write(
+        struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, small, small, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    )
+
+
 class ShardWriter:
     """Write side: buffer clips, write a shard when ``shard_size_bytes`` is reached, and
     commit ``index.json`` in ``finish``. Shards of an earlier run with the same
@@ -259,7 +360,7 @@ class ShardWriter:
         self.shard_size_bytes = shard_size_bytes
         self.compress = compress
         self._entries: dict[str, dict] = {}  # clip_id -> index entry (with "shard")
-        self._buffer: list[tuple[str, np.ndarray, np.ndarray, dict]] = []
+        self._buffer: list[ClipPayload] = []
         self._buffered_bytes = 0
         self.reused = 0
         self.written_shards = 0
@@ -281,20 +382,12 @@ class ShardWriter:
         return entry is not None and (sha256 is None or entry.get("sha256") == sha256)
 
     def add(self, clip_id: str, frames: np.ndarray, embeddings: np.ndarray, entry: dict) -> None:
-        frames = np.ascontiguousarray(frames, dtype=np.uint8)
-        embeddings = l2_normalise(np.asarray(embeddings, dtype=np.float32))
-        if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"clip {clip_id!r}: frames must be (T, H, W, 3), got {frames.shape}")
-        if "clip_indices" in entry:
-            expected, what = len(entry["clip_indices"]), "CLIP frames"
-        else:
-            expected, what = frames.shape[0], "frames"
-        if embeddings.ndim != 2 or embeddings.shape[0] != expected:
-            raise ValueError(
-                f"clip {clip_id!r}: {embeddings.shape[0]} embeddings for {expected} {what}"
-            )
-        self._buffer.append((clip_id, frames, embeddings, dict(entry)))
-        self._buffered_bytes += frames.nbytes + embeddings.nbytes
+        self.add_payload(clip_payload(clip_id, frames, embeddings, entry, compress=self.compress))
+
+    def add_payload(self, payload: ClipPayload) -> None:
+        """Buffer a clip already serialised (``clip_payload``, e.g. in a frames worker)."""
+        self._buffer.append(payload)
+        self._buffered_bytes += payload.nbytes
         if self._buffered_bytes >= self.shard_size_bytes:
             self.flush()
 
@@ -308,16 +401,15 @@ class ShardWriter:
             return
         name = f"shard-{self._next:05d}.npz"
         self._next += 1
-        arrays: dict[str, np.ndarray] = {}
+        members: list[ShardMember] = []
         meta: dict = {"settings_key": self.key, "clips": {}}
-        for clip_id, frames, embeddings, entry in self._buffer:
-            arrays[f"frames/{clip_id}"] = frames
-            arrays[f"embeddings/{clip_id}"] = embeddings
-            meta["clips"][clip_id] = entry
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-        save = np.savez_compressed if self.compress else np.savez
+        for payload in self._buffer:
+            members += payload.members
+            meta["clips"][payload.clip_id] = payload.entry
+        encoded = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        members.append(npy_member("meta", encoded, compress=self.compress))
         with atomic_path(self.shards / name) as tmp, open(tmp, "wb") as handle:
-            save(handle, **arrays)
+            write_npz(handle, members)
         for clip_id, entry in meta["clips"].items():
             self._entries[clip_id] = {**entry, "shard": name}
         self._buffer.clear()

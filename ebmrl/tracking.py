@@ -32,6 +32,22 @@ MAX_PARAM_VALUE = 6000  # MLflow's limit for a parameter value (characters)
 MAX_PARAMS_PER_BATCH = 100
 
 
+class TrackingUnavailable(RuntimeError):
+    """MLflow is not installed (it comes with the ``pipeline`` extra)."""
+
+
+def require_mlflow() -> Any:
+    """The mlflow module; a stage calls this before any work when it will track."""
+    try:
+        import mlflow
+    except ImportError as exc:
+        raise TrackingUnavailable(
+            "MLflow is not installed: pip install 'ebmrl[pipeline]', or run the stage "
+            "with --no-tracking"
+        ) from exc
+    return mlflow
+
+
 def tracking_uri(section: TrackingSection) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or section.mlflow_uri
 
@@ -125,8 +141,7 @@ def stage_run(
     if not enabled:
         yield None
         return
-    import mlflow
-
+    mlflow = require_mlflow()
     mlflow.set_tracking_uri(tracking_uri(section))
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or section.experiment
     mlflow.set_experiment(experiment_id=training_experiment_id(mlflow.MlflowClient(), experiment))

@@ -64,7 +64,7 @@ def is_remote(uri: str) -> bool:
     return "://" in str(uri) and not str(uri).startswith("file://")
 
 
-def _open_reader(uri: str | Path, width: int = -1, height: int = -1) -> Any:
+def _open_reader(uri: str | Path, width: int = -1, height: int = -1, threads: int = 0) -> Any:
     import decord
 
     uri = str(uri)
@@ -86,7 +86,9 @@ def _open_reader(uri: str | Path, width: int = -1, height: int = -1) -> Any:
             if path.stat().st_size == 0:
                 raise VideoError(uri, "empty file (0 bytes)")
             source = str(path)
-        return decord.VideoReader(source, ctx=decord.cpu(0), width=width, height=height)
+        return decord.VideoReader(
+            source, ctx=decord.cpu(0), width=width, height=height, num_threads=threads
+        )
     except VideoError:
         raise
     except FileNotFoundError:
@@ -221,9 +223,11 @@ def sample_clip(
     min_pixels: int,
     max_pixels: int,
     clip_schedule: Sequence[tuple[float | None, int]] = CLIP_FRAME_SCHEDULE,
+    threads: int = 0,
 ) -> ClipSamples:
-    """Decode a clip's policy frames and CLIP frames (one reader, full resolution)."""
-    reader = _open_reader(uri)
+    """Decode a clip's policy frames and CLIP frames (one reader, full resolution).
+    ``threads``: decoder threads (0: the decoder's choice; a worker gives its share)."""
+    reader = _open_reader(uri, threads=threads)
     try:
         info = _info(str(uri), reader)
         try:

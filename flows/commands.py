@@ -15,6 +15,7 @@ Classification (why retry only some failures):
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -199,6 +200,52 @@ def stage_order(repo: str | Path) -> list[str]:
             graph.reverse(copy=True), key=lambda s: f"{position[address(s)]:06d}"
         )
         return [address(stage) for stage in ordered]
+
+
+def stage_upstream(repo: str | Path) -> dict[str, set[str]]:
+    """Each stage's upstream stages (every stage it needs, directly or not), by address."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    root = Path(repo).resolve()
+    with Repo(str(root)) as dvc_repo:
+        graph = dvc_repo.index.graph  # edges point from a stage to the stages it needs
+
+        def address(stage) -> str:
+            dvc_file = Path(stage.path).resolve()
+            if dvc_file.parent == root:
+                return stage.name
+            return f"{dvc_file.relative_to(root)}:{stage.name}"
+
+        return {address(s): {address(u) for u in nx.descendants(graph, s)} for s in graph.nodes}
+
+
+def ready_stages(
+    order: Sequence[str], upstream: Mapping[str, set[str]], finished: set[str], started: set[str]
+) -> list[str]:
+    """The stages of ``order`` not started yet whose upstream stages among ``order`` have
+    all finished: what may run now, side by side (stages with no path between them)."""
+    selected = set(order)
+    return [
+        stage
+        for stage in order
+        if stage not in started and (upstream.get(stage, set()) & selected) <= finished
+    ]
+
+
+def changed_stages(repo: str | Path) -> set[str]:
+    """The stages ``dvc status`` says must run: a dependency, param or output differs
+    from ``dvc.lock`` (or is missing). A stage whose upstream has yet to run is not in it
+    until that upstream has run: ask again after each stage that ran."""
+    args = dvc("status", "--json")
+    result = subprocess.run(
+        args, cwd=str(repo), env=command_env(), capture_output=True, text=True, errors="replace"
+    )
+    if result.returncode != 0:
+        lines = tuple((result.stdout + result.stderr).splitlines()[-TAIL_LINES:])
+        failed = CommandResult(result.returncode, lines)
+        raise CommandFailed("dvc status", result.returncode, lines, is_transient(failed))
+    return set(json.loads(result.stdout or "{}"))
 
 
 def default_remote(repo: str | Path) -> str | None:

@@ -63,11 +63,20 @@ def start_parent_run(
 
 
 def finish_parent_run(
-    tracking: Tracking, run_id: str, *, succeeded: bool, metrics: Mapping[str, float]
+    tracking: Tracking,
+    run_id: str,
+    *,
+    succeeded: bool,
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str] | None = None,
 ) -> None:
+    """Stage timings (metrics) and where stages ran (tags, e.g. the worker of each GPU
+    stage), then the run's end."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking.uri)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))
     client.set_terminated(run_id, status="FINISHED" if succeeded else "FAILED")

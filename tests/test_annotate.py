@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ebmrl import cli
 from ebmrl.backends import GenerationClient, ResponseCache, RetryPolicy
 from ebmrl.backends.openai_http import OpenAIHTTPBackend
@@ -47,6 +49,7 @@ def _params(tmp_path, demo_store, url, **backend):
     return path
 
 
+@pytest.mark.slow
 def test_local_backend_describes_every_clip_once_and_caches(tmp_path, demo_store, tiny_vlm_backend):
     store = ShardedFrameStore.open(demo_store["frames"])
     clips = demo_store["clips"]
@@ -79,6 +82,7 @@ def test_http_backend_with_injected_503s_describes_all(tmp_path, demo_store, cha
     assert server.stats()["max_in_flight"] <= 3
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_gives_exactly_one_annotation_per_clip(
     tmp_path, demo_store, chat_server
 ):

@@ -137,6 +137,7 @@ def test_http_backend_round_trip_with_frames(chat_server):
     backend.close()
 
 
+@pytest.mark.slow
 def test_retries_happen_on_injected_503(chat_server):
     server = chat_server(fail_rate=0.5, seed=1)
     client = GenerationClient(OpenAIHTTPBackend(server.url, "tiny-vlm"), None, FAST)

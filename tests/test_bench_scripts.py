@@ -9,6 +9,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_grpo_step_exits_cleanly_without_a_gpu():
     import torch
 

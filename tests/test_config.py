@@ -17,7 +17,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_shipped_params_are_valid_and_match_paper_method():
     params = config.load(REPO_PARAMS)
-    assert params.rewards.weights.model_dump() == {
+    assert params.rewards.weights == {
         "answer": 1.0,
         "format": 1.0,
         "clip": 0.8,

@@ -88,6 +88,44 @@ def test_a_reward_weight_invalidates_only_grpo(ci_repo):
     assert _status(ci_repo) == {}
 
 
+def test_params_a_then_b_then_a_again_restores_the_training_stages_from_the_run_cache(
+    ci_repo, tmp_path
+):
+    """sft and grpo keep their checkpoints outside their DVC outputs (no ``persist``), so
+    DVC's run cache applies to them: after params B, going back to params A restores A's
+    models and metrics without training again."""
+    work = tmp_path / "repo"
+    shutil.copytree(ci_repo, work, symlinks=True)
+    params = work / "params.yaml"
+    original = params.read_text()
+    lock_a = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    trained_a = {
+        k: v
+        for k, v in outputs_digest(work).items()
+        if k.startswith(("models/sft/final", "models/grpo/final"))
+    }
+    assert trained_a
+    changed = original.replace("\n  learning_rate: 5.0e-3\n", "\n  learning_rate: 1.0e-3\n", 1)
+    assert changed != original  # sft.learning_rate: the first learning_rate in params.yaml
+    params.write_text(changed)
+    ran_b = stages_that_ran(run(work, "dvc", "repro").stdout)
+    assert {"sft", "grpo"} <= ran_b, ran_b
+    assert yaml.safe_load((work / "dvc.lock").read_text())["stages"]["sft"] != lock_a["sft"]
+    params.write_text(original)
+    started = time.perf_counter()
+    again = run(work, "dvc", "repro")
+    print(f"\nback to params A, restored from the run cache: {time.perf_counter() - started:.1f}s")
+    assert stages_that_ran(again.stdout) <= {"check_params"}, again.stdout[-3000:]
+    for stage in ("sft", "grpo"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in again.stdout
+    assert "resuming" not in again.stdout and "train_runtime" not in again.stdout
+    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    assert {s: lock[s] for s in ("sft", "grpo")} == {s: lock_a[s] for s in ("sft", "grpo")}
+    restored = {k: v for k, v in outputs_digest(work).items() if k in trained_a}
+    assert restored == trained_a
+    assert _status(work) == {}
+
+
 def test_an_annotation_prompt_invalidates_annotate_and_everything_after_depends_on_it(
     ci_repo,
 ):

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from ebmrl import video
 from ebmrl.data import demo
@@ -6,6 +7,7 @@ from ebmrl.data.scene_words import scene_attributes
 from ebmrl.schema import load_profiles, load_released
 
 
+@pytest.mark.slow
 def test_generation_is_deterministic(tmp_path):
     a = demo.generate(tmp_path / "a", seed=7, num_clips=3, num_sessions=2)
     b = demo.generate(tmp_path / "b", seed=7, num_clips=3, num_sessions=2)
@@ -58,6 +60,7 @@ def test_samples_follow_the_released_format_and_are_grounded(demo_data):
     assert lengths == sorted(lengths) and lengths[-1] > lengths[0]
 
 
+@pytest.mark.slow
 def test_dozens_of_clips_in_seconds(tmp_path):
     import time
 
@@ -67,6 +70,7 @@ def test_dozens_of_clips_in_seconds(tmp_path):
     assert time.perf_counter() - started < 30
 
 
+@pytest.mark.slow
 def test_regeneration_removes_stale_clips(tmp_path):
     demo.generate(tmp_path, seed=1, num_clips=4, num_sessions=2)
     demo.generate(tmp_path, seed=1, num_clips=2, num_sessions=2)

@@ -42,6 +42,7 @@ def test_clip_score_is_hessel_weighted_mean_cosine():
         clip_score(np.ones(3), frames)
 
 
+@pytest.mark.slow
 def test_per_output_metrics(scorers, store):
     bert, clip = scorers
     items = [

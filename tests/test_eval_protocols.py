@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_eval_report import ink, no_external_resources, require_chromium, screenshot
+from conftest import ink, no_external_resources, require_chromium, screenshot
 
 from ebmrl.backends import GenerationClient, RetryPolicy
 from ebmrl.backends.openai_http import OpenAIHTTPBackend
@@ -565,6 +565,7 @@ def stage(tmp_path, demo_store, tiny_models, http_model):
     return tmp_path, systems, judge, run
 
 
+@pytest.mark.slow
 def test_the_stage_reports_both_protocols_side_by_side(stage, monkeypatch):
     root, systems, judge, run = stage
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
@@ -685,6 +686,7 @@ def colour_share(png: Path, rgb: tuple[int, int, int], tolerance: int = 12) -> f
     return float(close.mean())
 
 
+@pytest.mark.slow
 def test_the_report_without_the_authors_protocol_has_no_authors_numbers(tmp_path):
     data = {
         "title": "t",

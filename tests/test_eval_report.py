@@ -1,65 +1,14 @@
 """The static HTML report and its SVG charts: complete, escaped, and offline."""
 
-import os
-import re
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ink, no_external_resources, screenshot
 
 from ebmrl.eval import report, svg
 from ebmrl.eval.frames import jpeg_data_url, judge_frames
 from ebmrl.eval.report import render_report
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def require_chromium() -> str:
-    """Chromium's path; a clear skip without it (CI must have it: `make test` installs it)."""
-    if CHROMIUM is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing in CI: `make test` should have installed it")
-        pytest.skip("chromium is not installed (make test installs it: apt-get install chromium)")
-    return CHROMIUM
-
-
-def screenshot(page: Path, png: Path, profile: Path, height: int = 2000) -> None:
-    """Headless Chromium screenshot of a local page (no network, fresh profile)."""
-    subprocess.run(
-        [
-            require_chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            f"--screenshot={png}",
-            f"--window-size=1280,{height}",
-            "--virtual-time-budget=5000",
-            page.resolve().as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
-def ink(png: Path) -> tuple[float, float]:
-    """(share of pixels that are not near-white, pixel standard deviation) of a screenshot."""
-    from PIL import Image
-
-    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.float32)
-    return float((pixels < 235).mean()), float(pixels.std())
-
-
-def no_external_resources(html: str) -> list[str]:
-    return re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//[^"' >]+""", html)
 
 
 def report_data() -> dict:
@@ -215,6 +164,7 @@ def test_svg_charts_are_well_formed():
     assert svg.reward_series([{"step": 1, "loss": 2.0}]) == {}
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path):
     page = tmp_path / "index.html"
     page.write_text(render_report(report_data()), encoding="utf-8")

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import RuleJudge, ScriptedSystem, run_stats
-from test_eval_report import ink, no_external_resources, screenshot
+from conftest import RuleJudge, ScriptedSystem, ink, no_external_resources, run_stats, screenshot
 
 from ebmrl.cli import main
 from ebmrl.data.dataset import write_dataset
@@ -98,6 +97,7 @@ def samples_of(root):
     return load_split(root / "dataset", "test")
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_with_a_judge_over_http(workspace, http_model, capsys):
     root, params_path, _ = workspace
     assert main(["--params", str(params_path), "videoqa", "--no-tracking"]) == 0
@@ -206,6 +206,7 @@ def test_evaluate_end_to_end_with_a_judge_over_http(workspace, http_model, capsy
     assert {path: path.read_bytes() for path in written} == written
 
 
+@pytest.mark.slow
 def test_demo_judge_is_the_tiny_vlm_behind_ebmrl_serve_and_never_invents_scores(
     workspace, monkeypatch, capsys
 ):

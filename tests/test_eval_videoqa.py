@@ -276,6 +276,7 @@ def test_missing_and_broken_videos_are_not_scored_and_counted(tmp_path, videos, 
     assert summary["not_scored_reasons"] == {"video unreadable": 2}
 
 
+@pytest.mark.slow
 def test_the_tiny_vlm_answers_through_the_real_path(videos, tiny_vlm_backend, tmp_path):
     from ebmrl.backends import ResponseCache
 

@@ -14,13 +14,16 @@ from ebmrl.exit_codes import EXIT_INVALID, EXIT_TRANSIENT, FAULT_ONCE_ENV
 from flows.commands import (
     CommandFailed,
     CommandResult,
+    changed_stages,
     command_env,
     is_transient,
     only_known_stages,
+    ready_stages,
     repro_stage_command,
     run_checked,
     run_streaming,
     stage_order,
+    stage_upstream,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +74,7 @@ def _outcome(repo: Path, stage: str) -> tuple[bool, CommandFailed | None]:
         ("missing_dep", False),  # DVC's own error: a dependency does not exist
     ],
 )
+@pytest.mark.slow
 def test_failures_through_real_dvc_are_classified(scratch_repo, stage, transient):
     ok, failure = _outcome(scratch_repo, stage)
     assert not ok and failure is not None
@@ -78,17 +82,20 @@ def test_failures_through_real_dvc_are_classified(scratch_repo, stage, transient
     assert f"stage {stage}" in str(failure)
 
 
+@pytest.mark.slow
 def test_the_stage_error_is_in_the_failure_message(scratch_repo):
     _, failure = _outcome(scratch_repo, "invalid")
     assert "rewards.weights.clip: bad" in str(failure)
     assert "exited with 2" in str(failure)
 
 
+@pytest.mark.slow
 def test_a_successful_stage_streams_and_returns(scratch_repo):
     ok, _ = _outcome(scratch_repo, "ok")
     assert ok and (scratch_repo / "ok.txt").read_text().strip() == "made"
 
 
+@pytest.mark.slow
 def test_a_stage_busy_in_another_dvc_run_is_transient(scratch_repo):
     """Two repro runs of one stage at once: DVC refuses the second ("is busy"); retrying
     later helps. (DVC releases its repository lock while a stage command runs and locks
@@ -131,6 +138,7 @@ def test_network_patterns_count_only_when_dvc_itself_failed():
     assert not is_transient(CommandResult(2, ("error: x.y: unknown key",)), through_dvc=False)
 
 
+@pytest.mark.slow
 def test_stage_order_follows_the_dag_of_this_repository(tmp_path):
     """In a copy (a DVC repository of its own): every stage after the stages it needs."""
     work = tmp_path / "repo"
@@ -151,6 +159,60 @@ def test_stage_order_follows_the_dag_of_this_repository(tmp_path):
                 if any(dep == p or dep.startswith(f"{p}/") for p in paths):
                     assert order.index(producer) < order.index(name), (producer, name)
     assert order.index("sft") < order.index("grpo")
+
+
+def test_changed_stages_are_what_dvc_status_says_must_run(tmp_path):
+    """The pipeline runs (or hands off) only these: a stage whose upstream has not run yet
+    shows once the upstream has run; an up-to-date repository has none."""
+    repo = _dvc_repo(
+        tmp_path / "repo",
+        {
+            "first": {"cmd": "echo one > a.txt", "outs": ["a.txt"]},
+            "second": {"cmd": "cat a.txt > b.txt", "deps": ["a.txt"], "outs": ["b.txt"]},
+        },
+    )
+    assert changed_stages(repo) == {"first", "second"}
+    run_checked("first", repro_stage_command("first"), repo, on_line=lambda _: None)
+    assert changed_stages(repo) == {"second"}
+    run_checked("second", repro_stage_command("second"), repo, on_line=lambda _: None)
+    assert changed_stages(repo) == set()
+    (repo / "a.txt").write_text("edited\n")  # an output changed by hand: its stage reruns
+    assert changed_stages(repo) == {"first", "second"}
+
+
+def test_changed_stages_fails_naming_dvc_status(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages: [not, a, mapping]\n")
+    with pytest.raises(CommandFailed, match="dvc status"):
+        changed_stages(tmp_path)
+
+
+def test_evaluate_and_videoqa_are_ready_together_and_nothing_runs_before_its_upstream(tmp_path):
+    """The pipeline starts every ready stage at once (with workspaces): in this DAG
+    evaluate and videoqa have no path between them, so both start when grpo is done."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, work / name)
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=work, check=True)
+    order = stage_order(work)
+    upstream = stage_upstream(work)
+    assert {"sft", "annotate", "frames"} <= upstream["grpo"]
+    assert "videoqa" not in upstream["evaluate"] and "evaluate" not in upstream["videoqa"]
+    finished: set[str] = set()
+    started: set[str] = set()
+    batches = []
+    while len(finished) < len(order):
+        ready = ready_stages(order, upstream, finished, started)
+        assert ready, (finished, order)
+        for stage in ready:
+            assert upstream[stage] <= finished  # never before its upstream
+        batches.append(set(ready))
+        started |= set(ready)
+        finished |= set(ready)
+    assert any({"evaluate", "videoqa"} <= batch for batch in batches), batches
+    # Only a selection's own stages count: its upstream outside it is taken as done.
+    selection = [s for s in order if s in ("evaluate", "videoqa")]
+    assert ready_stages(selection, upstream, set(), set()) == selection
 
 
 def test_unknown_stage_names_fail_permanently_naming_them():

@@ -87,6 +87,30 @@ def test_make_has_the_service_targets():
     assert "deployment run ebmrl-pipeline/default" in dry.stdout
 
 
+def test_make_gpu_worker_starts_a_gpu_pool_worker_with_a_scratch_folder():
+    dry = subprocess.run(
+        ["make", "-n", "gpu-worker", "GPU_SCRATCH=/scratch/ebmrl"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "EBMRL_SCRATCH=/scratch/ebmrl" in dry.stdout
+    assert "worker start --pool gpu --type process --limit 1" in dry.stdout
+    assert flows_pipeline.SCRATCH_ENV == "EBMRL_SCRATCH"
+
+
+def test_the_gpu_templates_need_no_shared_volume():
+    template = json.loads((REPO / "deploy" / "k8s-gpu-job-template.json").read_text())
+    spec = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+    (container,) = spec["containers"]
+    assert {"name": "scratch", "mountPath": "{{ scratch_path }}"} in container["volumeMounts"]
+    docker = json.loads((REPO / "deploy" / "docker-gpu-job-variables.json").read_text())
+    assert docker["env"]["EBMRL_SCRATCH"] == "/scratch"
+    assert docker["volumes"] == ["/srv/ebmrl-scratch:/scratch"]
+
+
 def test_services_refuse_to_start_without_credentials(tmp_path, monkeypatch):
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)

@@ -22,90 +22,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import copy_working_tree
+from conftest import Prefect, copy_working_tree, run, use_s3_remote
 
 from flows import services
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 SECRET = f"secret-{uuid.uuid4().hex}"  # the S3 server's secret key in this test
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def run(repo: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
-    result = subprocess.run(args, cwd=repo, env=full_env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-def use_s3_remote(repo: Path, s3_url: str, prefix: str) -> None:
-    """A DVC remote on the S3 server; the endpoint in config.local, no credentials."""
-    run(repo, "dvc", "remote", "add", "--local", "-d", "-f", "storage", f"s3://ebmrl-dvc/{prefix}")
-    run(repo, "dvc", "remote", "modify", "--local", "storage", "endpointurl", s3_url)
-
-
-class Prefect:
-    """A small synchronous view of the Prefect API for the assertions."""
-
-    def __init__(self, api_url: str):
-        from prefect.client.orchestration import SyncPrefectClient
-
-        self.client = SyncPrefectClient(api_url)
-        self.client.__enter__()
-
-    def close(self) -> None:
-        self.client.__exit__(None, None, None)
-
-    def trigger(self, deployment: str, parameters: dict, env: dict | None = None):
-        found = self.client.read_deployment_by_name(deployment)
-        return self.client.create_flow_run_from_deployment(
-            found.id, parameters=parameters, job_variables={"env": env or {}}
-        )
-
-    def wait(self, flow_run_id, timeout_s: float):
-        deadline = time.monotonic() + timeout_s
-        while True:
-            flow_run = self.client.read_flow_run(flow_run_id)
-            if flow_run.state and flow_run.state.type.value in FINAL:
-                return flow_run
-            assert time.monotonic() < deadline, f"flow run still {flow_run.state}"
-            time.sleep(2)
-
-    def children(self, parent_id):
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-
-        return self.client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])
-            )
-        )
-
-    def task_runs(self, flow_run_id):
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-        return self.client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-
-    def logs(self, flow_run_ids) -> list[str]:
-        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-        messages: list[str] = []
-        log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(flow_run_ids)))
-        while True:
-            page = self.client.read_logs(log_filter=log_filter, limit=200, offset=len(messages))
-            messages += [log.message for log in page]
-            if len(page) < 200:
-                return messages
-
-    def all_logs(self) -> list[str]:
-        messages: list[str] = []
-        while True:
-            page = self.client.read_logs(limit=200, offset=len(messages))
-            messages += [log.message for log in page]
-            if len(page) < 200:
-                return messages
 
 
 def upload_demo_videos(s3_url: str, demo: dict) -> None:
@@ -231,6 +154,23 @@ def test_the_deployed_pipeline_completes_despite_a_transient_failure(stack):
     assert "injected transient fault" in sft_logs and "will be retried" in sft_logs
     # The stage's own output is streamed into the Prefect logs.
     assert "Running stage 'sft'" in sft_logs and "SFT model:" in sft_logs
+    # ... and relayed into the pipeline's own log, which `--watch` shows.
+    assert "[sft] Running stage 'sft'" in logs and "[grpo] Running stage 'grpo'" in logs
+
+
+def test_a_pipeline_with_nothing_to_do_hands_nothing_to_the_gpu_pool(stack):
+    """Only the stages `dvc status` says must run are run or handed off."""
+    began = time.perf_counter()
+    flow_run = stack.prefect.trigger("ebmrl-pipeline/default", {"retry_delay_s": 1})
+    flow_run = stack.prefect.wait(flow_run.id, timeout_s=600)
+    elapsed = time.perf_counter() - began
+    print(f"\nno-op pipeline flow run: {elapsed:.1f}s")
+    logs = "\n".join(stack.prefect.logs([flow_run.id]))
+    assert flow_run.state.type.value == "COMPLETED", (flow_run.state, logs[-3000:])
+    assert stack.prefect.children(flow_run.id) == []
+    assert "up to date (dvc status), not run:" in logs and "grpo" in logs
+    ran = {t.name for t in stack.prefect.task_runs(flow_run.id)}
+    assert ran.isdisjoint({"annotate", "sft", "grpo", "evaluate", "videoqa", "frames"}), ran
 
 
 def test_the_stages_read_the_raw_videos_from_s3(stack):
@@ -247,6 +187,7 @@ def test_gpu_stages_ran_on_the_gpu_pool_and_the_rest_in_the_pipeline(stack):
     assert {"annotate", "sft", "grpo"} <= stages
     assert {"ingest", "frames", "synthesize"}.isdisjoint(stages)
     assert {run.work_pool_name for run in gpu_runs} == {"gpu"}
+    assert all(run.name == run.parameters["stage"] for run in gpu_runs)  # named after it
     assert all(run.state.type.value == "COMPLETED" for run in gpu_runs)
     local = {t.name for t in stack.prefect.task_runs(stack.flow_run.id)}
     assert {"tiny_models", "demo_data", "ingest", "frames", "synthesize"} <= local
@@ -260,9 +201,15 @@ def test_stage_runs_nest_under_the_pipeline_run_with_artifacts_on_s3(stack):
     client = MlflowClient(stack.services["mlflow"].url)
     experiment = client.get_experiment_by_name("ebmrl")
     runs = client.search_runs([experiment.experiment_id])
-    (parent,) = [r for r in runs if r.data.tags.get("ebmrl.kind") == "pipeline"]
+    (parent,) = [
+        r
+        for r in runs
+        if r.data.tags.get("ebmrl.kind") == "pipeline"
+        and r.data.tags.get("prefect.flow_run_id") == str(stack.flow_run.id)
+    ]
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["prefect.flow_run_id"] == str(stack.flow_run.id)
+    # Where each GPU stage ran: the name of its gpu worker (flows.services names them).
+    assert parent.data.tags["ebmrl.worker.grpo"].startswith("gpu-worker-")
     children = {
         r.info.run_name: r
         for r in runs

@@ -86,6 +86,7 @@ def test_many_clips_per_shard_and_small_shards_split(tmp_path, tasks, embedder):
         assert np.array_equal(store.frames(clip_id), reference.frames(clip_id))
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_same_store_as_one_process(tmp_path, tasks, embedder):
     build(tasks, tmp_path / "inline", embedder, workers=0)
     build(tasks, tmp_path / "pool", embedder, workers=2)
@@ -93,7 +94,8 @@ def test_two_workers_give_the_same_store_as_one_process(tmp_path, tasks, embedde
     assert a.clip_ids() == b.clip_ids()
     for clip_id in a.clip_ids():
         assert np.array_equal(a.frames(clip_id), b.frames(clip_id))
-        assert np.allclose(a.embeddings(clip_id), b.embeddings(clip_id))
+        assert np.allclose(a.embeddings(clip_id), b.embeddings(clip_id), atol=1e-6)
+        assert a.info(clip_id) == b.info(clip_id)
 
 
 def test_interrupted_run_keeps_shards_and_resumes(tmp_path, tasks, embedder):
@@ -128,8 +130,9 @@ def test_writer_checks_shapes(tmp_path):
     writer.add("c", np.zeros((5, 4, 4, 3), np.uint8), np.ones((3, 8)), {"clip_indices": [0, 1, 2]})
 
 
+@pytest.mark.slow
 def test_frames_stage_with_real_h264_clip_is_resized(tmp_path, embedder):
-    from test_ingest import real_clip
+    from conftest import real_clip
 
     path = real_clip("bikes.mp4")
     info = video.probe(path)
@@ -146,3 +149,31 @@ def test_frames_stage_with_real_h264_clip_is_resized(tmp_path, embedder):
     assert len(store.embeddings("bikes")) == len(
         video.clip_frame_indices(info.num_frames, info.fps, SCHEDULE)
     )
+
+
+def test_shards_are_zip_files_that_numpy_and_unzip_read_byte_for_byte_reproducible(tmp_path):
+    import subprocess
+    import zipfile
+
+    frames_ = np.random.default_rng(0).integers(0, 255, (3, 8, 12, 3), dtype=np.uint8)
+    embeddings = np.random.default_rng(1).normal(size=(2, 16)).astype(np.float32)
+    entry = {"clip_indices": [0, 2]}
+    shards = []
+    for compress, name in ((True, "a"), (True, "b"), (False, "c")):
+        writer = ShardWriter(tmp_path / name, {"x": 1}, compress=compress)
+        writer.add("clip-1", frames_, embeddings, entry)
+        writer.add("clip-2", frames_[:1], embeddings[:1], {"clip_indices": [1]})
+        writer.finish(["clip-1", "clip-2"])
+        (shard,) = (tmp_path / name / "shards").iterdir()
+        shards.append(shard)
+        assert zipfile.ZipFile(shard).testzip() is None  # every member's CRC checks
+        listing = subprocess.run(["unzip", "-t", str(shard)], capture_output=True, text=True)
+        assert listing.returncode == 0 and "No errors detected" in listing.stdout, listing.stdout
+        store = ShardedFrameStore.open(tmp_path / name)
+        assert np.array_equal(store.frames("clip-1"), frames_)
+        assert np.array_equal(store.frames("clip-2"), frames_[:1])
+        assert np.allclose(np.linalg.norm(store.embeddings("clip-1"), axis=1), 1.0)
+        assert store.info("clip-1")["clip_indices"] == [0, 2]
+    # Same content, same bytes (no timestamp in the shard); stored is larger than deflated.
+    assert shards[0].read_bytes() == shards[1].read_bytes()
+    assert shards[2].stat().st_size > shards[0].stat().st_size

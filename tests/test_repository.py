@@ -63,3 +63,22 @@ def test_importing_the_data_and_reward_core_loads_no_orchestration_framework():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "", f"core imports {result.stdout.strip()}"
+
+
+def test_test_modules_share_helpers_through_conftest_only():
+    """A test module importing another runs (and re-collects) that module's fixtures and
+    couples the two: shared helpers live in tests/conftest.py."""
+    import ast
+
+    offenders = []
+    for path in sorted((REPO / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [
+                f"{path.name}:{node.lineno} imports {n}" for n in names if n.startswith("test_")
+            ]
+    assert not offenders, "\n".join(offenders)

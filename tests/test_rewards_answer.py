@@ -124,6 +124,7 @@ ANSWER_PIECES = ["<answer>", "</answer>", "<think>", "</think>", "<", ">", "Run"
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.sampled_from(ANSWER_PIECES), max_size=20).map("".join))
 @example("<answer> first <answer> second </answer> third </answer>")
+@pytest.mark.slow
 def test_answer_text_is_the_authors_first_block(text):
     recorder = RecordingF1()
     batch = AnswerReward(recorder).score([text], [REF])

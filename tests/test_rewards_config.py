@@ -20,7 +20,7 @@ def test_shipped_rewards_section_is_valid_and_the_default():
     assert (rewards.pcg.batch_size, rewards.pcg.max_block_chars) == (16, 8192)
     assert rewards.pcg.max_sequence_tokens == 16_384
     assert rewards.clip.sentence_rule == "ebmrl"
-    assert rewards.pcg.leak_filter.model == "models/tiny/text_encoder"
+    assert rewards.pcg.leak_filter.model == "models/tiny/minilm"  # the real all-MiniLM-L6-v2
 
 
 BAD = [

@@ -122,6 +122,7 @@ PIECES = [
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=24).map("".join))
+@pytest.mark.slow
 def test_order_check_equals_reference_regex(text):
     assert blocks_in_order(text) == bool(REFERENCE_ORDER.search(text))
 

@@ -98,6 +98,7 @@ completion = st.one_of(st.text(max_size=200), junk, tag_soup, well_formed_around
 @example(["", "<perception></perception><think></think><answer></answer>"])
 @example(["<perception>a<perception>b</perception><think>t</think><answer>x"])
 @example(["<answer>" * 50 + "</answer>" * 50])
+@pytest.mark.slow
 def test_every_reward_is_finite_on_any_text(rewards, completions):
     score_all(rewards, completions)
 
@@ -128,12 +129,14 @@ EXPLICIT = {
 
 
 @pytest.mark.parametrize("name", list(EXPLICIT))
+@pytest.mark.slow
 def test_explicit_bad_inputs_are_finite(rewards, name):
     score_all(
         rewards, [EXPLICIT[name], "<perception>x</perception><think>y</think><answer>z</answer>"]
     )
 
 
+@pytest.mark.slow
 def test_a_megabyte_perception_is_reported_as_truncated(rewards):
     batches = score_all(rewards, [EXPLICIT["1 MB in every block"]])
     assert batches["clip"].metrics["rewards/clip/truncation_rate"] == 1.0

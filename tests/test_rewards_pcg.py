@@ -129,6 +129,7 @@ trace_text = st.lists(
 @example("<vision>a</vision>x</vision><think>b</think>", AUTHORS_TAGS)
 @example("<vision>a</vision><b></vision> <think>b</think>", AUTHORS_TAGS)
 @example("<vision><vision>a</vision><think></think></think>", AUTHORS_TAGS)
+@pytest.mark.slow
 def test_trace_block_is_the_authors_regex_search(text, tags):
     assert trace_block(text, tags) == authors_trace(text, tags)
 
@@ -430,3 +431,32 @@ def test_leak_filter_over_the_real_embedder(embedder):
         ["Get back now. The lantern glows blue."], ["Get back now."]
     )
     assert (out[0].text, out[0].removed, out[0].total) == ("The lantern glows blue.", 1, 2)
+
+
+def test_vlm_scorer_shares_each_prompts_prefix_with_the_same_scores(vlm, frame_store):
+    """A group's 8 traces and its baseline, and a second prompt's: each prompt + clip
+    through the vision tower and the model once, the scores those of whole rows."""
+    from ebmrl.models.shared_prefix import VisionCalls
+
+    model, processor = vlm
+    a, b = frame_store.clip_ids()
+    queries = []
+    for clip_id, prompt, ref in ((a, "What now?", "Run now."), (b, "And there?", "All calm.")):
+        conv = video_messages(prompt)
+        queries.append(LikelihoodQuery(conv, clip_id, BASELINE_PREFIX, ref))
+        queries += [
+            LikelihoodQuery(conv, clip_id, prefix(f"Figure {i} walks" * (i + 1), f"T{i}."), ref)
+            for i in range(8)
+        ]
+    scores = {}
+    for shared in (False, True):
+        scorer = VideoLikelihoodScorer(
+            model, processor, frame_store, batch_size=16, shared_prefix=shared
+        )
+        with VisionCalls(model) as calls:
+            scores[shared] = scorer.mean_logprob(queries)
+        scores[shared, "videos"] = calls.items
+    assert scores[False, "videos"] == 18  # every row encodes its clip
+    assert scores[True, "videos"] == 2  # once per prompt: 1 vs 9 for each group
+    assert scores[True] == pytest.approx(scores[False], abs=1e-4)
+    assert len(set(scores[True])) > 10

@@ -2,6 +2,7 @@
 inside a real GRPOTrainer step with their names and diagnostics in the logs."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from ebmrl.rewards.answer import make_bert_scorer
 from ebmrl.rewards.clip import OpenClipEncoder
 from ebmrl.rewards.embed import HFSentenceEmbedder
 from ebmrl.rewards.likelihood import VideoLikelihoodScorer
+from ebmrl.rewards.registry import RewardModels
 from ebmrl.rewards.trl_adapter import TRL_EPS, build_reward_funcs, trl_advantages
 
 G = 4  # completions per prompt; two prompts per step
@@ -110,6 +112,7 @@ def table_reward(name):
 
 
 @pytest.mark.parametrize("mode", ["normalize_then_sum", "sum_then_normalize"])
+@pytest.mark.slow
 def test_combine_gives_the_advantages_of_a_real_grpo_step(tiny_policy, tmp_path, mode):
     trainer = run_one_grpo_step(
         tiny_policy,
@@ -151,13 +154,13 @@ def reward_deps(tiny_models, demo_data):
         frames, _, _ = video.sample_frames(path)
         store.add(clip_id, frames=frames, embeddings=clip_encoder.encode_frames(frames))
     vlm, processor = load_vlm(tiny_models["vlm"])
-    return {
-        "clip_encoder": clip_encoder,
-        "frame_store": store,
-        "answer_scorer": make_bert_scorer(str(tiny_models["text_encoder"]), 2),
-        "pcg_scorer": VideoLikelihoodScorer(vlm, processor, store),
-        "sentence_embedder": HFSentenceEmbedder.load(str(tiny_models["text_encoder"])),
-    }
+    return RewardModels(
+        clip_encoder=clip_encoder,
+        frame_store=store,
+        answer_scorer=make_bert_scorer(str(tiny_models["text_encoder"]), 2),
+        pcg_scorer=VideoLikelihoodScorer(vlm, processor, store),
+        sentence_embedder=HFSentenceEmbedder.load(str(tiny_models["text_encoder"])),
+    )
 
 
 def params_with(**rewards):
@@ -166,10 +169,10 @@ def params_with(**rewards):
     return config.validate(data)
 
 
+@pytest.mark.slow
 def test_our_reward_functions_run_in_a_real_grpo_step(tiny_policy, tmp_path, reward_deps):
-    setup = build_reward_funcs(
-        params_with(pcg={"leak_filter": {"enabled": True, "threshold": 0.9}}), **reward_deps
-    )
+    params = params_with(pcg={"leak_filter": {"enabled": True, "threshold": 0.9}})
+    setup = build_reward_funcs(params.rewards, params.tag_names(), reward_deps)
     assert setup.names == ["format", "answer", "clip", "pcg"]
     trainer = run_one_grpo_step(
         tiny_policy, tmp_path, setup.funcs, ROWS, **setup.grpo_config_kwargs()
@@ -194,7 +197,7 @@ def test_our_reward_functions_run_in_a_real_grpo_step(tiny_policy, tmp_path, rew
 
 def test_functions_score_well_formed_completions_with_trl_kwargs(reward_deps):
     """The call TRL makes, with completions the random policy cannot write."""
-    setup = build_reward_funcs(params_with(), **reward_deps)
+    setup = build_reward_funcs(params_with().rewards, models=reward_deps)
     good = (
         "<perception>Two white figures walk left in a dim street.</perception>\n"
         "<think>The scene is calm.</think>\n<answer>Run!</answer>"
@@ -229,7 +232,8 @@ def test_functions_score_well_formed_completions_with_trl_kwargs(reward_deps):
 def test_functions_read_the_tags_in_use(reward_deps):
     """With the authors' tags every reward reads <vision> (and not <perception>)."""
     params = config.validate({"tags": ["vision", "think", "answer"]})
-    funcs = {f.__name__: f for f in build_reward_funcs(params, **reward_deps).funcs}
+    setup = build_reward_funcs(params.rewards, params.tag_names(), reward_deps)
+    funcs = {f.__name__: f for f in setup.funcs}
     ours = "<perception>Two figures.</perception>\n<think>Calm.</think>\n<answer>Run!</answer>"
     theirs = ours.replace("perception>", "vision>")
     kwargs = {
@@ -254,20 +258,89 @@ def test_weights_and_aggregation_come_from_params(reward_deps):
     params = config.validate(
         {"rewards": {"weights": {"answer": 0.5, "format": 0.0, "clip": 0.25, "pcg": 2.0}}}
     )
-    setup = build_reward_funcs(params, **reward_deps)
+    setup = build_reward_funcs(params.rewards, models=reward_deps)
     assert setup.names == ["answer", "clip", "pcg"]  # a zero weight is not computed
     # TRL gets the weights only (for its logged `reward`); VideoGRPOTrainer aggregates.
     assert setup.grpo_config_kwargs() == {"reward_weights": [0.5, 0.25, 2.0]}
     assert setup.aggregation == "normalize_then_sum"
-    setup = build_reward_funcs(params_with(aggregation="sum_then_normalize"), **reward_deps)
+    setup = build_reward_funcs(
+        params_with(aggregation="sum_then_normalize").rewards, models=reward_deps
+    )
     assert setup.aggregation == "sum_then_normalize"
     assert setup.weights == [1.0, 1.0, 0.8, 0.8]
 
 
 def test_a_missing_dependency_is_named():
     with pytest.raises(ValueError, match="clip reward needs clip_encoder"):
-        build_reward_funcs(params_with(), answer_scorer=object(), pcg_scorer=object())
+        build_reward_funcs(
+            params_with().rewards, models=RewardModels(answer_scorer=object(), pcg_scorer=object())
+        )
     params = config.validate(
         {"rewards": {"weights": {"answer": 0, "format": 1.0, "clip": 0, "pcg": 0}}}
     )
-    assert build_reward_funcs(params).names == ["format"]  # nothing else needed
+    assert build_reward_funcs(params.rewards).names == ["format"]  # nothing else needed
+
+
+@pytest.mark.slow
+def test_a_reward_added_through_params_alone_is_trained_on_and_logged(tiny_policy, tmp_path):
+    """One function (tests/toy_rewards.py) and two params keys: TRL trains on it and logs
+    rewards/brevity/mean next to the built-in rewards, with its diagnostics."""
+    params = config.validate(
+        {
+            "rewards": {
+                "functions": {"brevity": "toy_rewards:brevity"},
+                "weights": {"answer": 0, "format": 1.0, "clip": 0, "pcg": 0, "brevity": 0.5},
+            }
+        }
+    )
+    setup = build_reward_funcs(params.rewards, params.tag_names())
+    assert setup.names == ["format", "brevity"] and setup.weights == [1.0, 0.5]
+    trainer = run_one_grpo_step(
+        tiny_policy, tmp_path, setup.funcs, ROWS, **setup.grpo_config_kwargs()
+    )
+    logs = trainer.state.log_history[0]
+    assert 0 < logs["rewards/brevity/mean"] <= 1
+    assert "rewards/brevity/empty_rate" in logs
+    assert len(trainer._logs["rewards"]["brevity"]) == 2 * G
+
+
+def test_a_reward_without_its_column_names_the_column():
+    params = config.validate(
+        {
+            "rewards": {
+                "functions": {"speaker": "toy_rewards:needs_speaker"},
+                "weights": {"answer": 0, "format": 0, "clip": 0, "pcg": 0, "speaker": 1.0},
+            }
+        }
+    )
+    (func,) = build_reward_funcs(params.rewards).funcs
+    assert func(prompts=["p"], completions=["a"], speaker=["Ann"]) == [1.0]
+    with pytest.raises(ValueError, match="speaker reward needs the dataset column 'speaker'"):
+        func(prompts=["p"], completions=["a"], reference=["r"])
+
+
+@pytest.mark.parametrize(
+    ("rewards", "message"),
+    [
+        (
+            {"weights": {"answer": 1, "format": 1, "clip": 1, "pcg": 1, "brevity": 1}},
+            "rewards.weights.brevity: unknown key",
+        ),
+        (
+            {"functions": {"brevity": "toy_rewards:brevity"}},
+            "rewards.weights.brevity: missing",
+        ),
+        (
+            {"weights": {"answer": 1, "format": 1, "clip": 1}},
+            "rewards.weights.pcg: missing",
+        ),
+        (
+            {"functions": {"brevity": "toy_rewards:brevty"}},
+            "rewards.functions.brevity: cannot import toy_rewards:brevty",
+        ),
+        ({"functions": {"clip": "toy_rewards:brevity"}}, "'clip' is a built-in reward"),
+    ],
+)
+def test_reward_names_in_params_are_checked(rewards, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.validate({"rewards": rewards})

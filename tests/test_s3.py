@@ -164,3 +164,27 @@ def test_s3_source_end_to_end(tmp_path, s3_endpoint, demo_data, tiny_models):
     samples = load_split(tmp_path / "dataset", "train") + load_split(tmp_path / "dataset", "test")
     assert len(samples) == 12 and all(s.video.startswith("s3://") for s in samples)
     assert {s.clip_id for s in samples} <= set(store.clip_ids())
+
+
+def test_checkpoints_sync_to_s3_and_resume_on_a_fresh_machine(tmp_path, s3_endpoint):
+    """The checkpoint store on the S3 server: upload, the newest complete checkpoint only,
+    download into an empty folder (another machine), pruning."""
+    import s3fs
+    from conftest import fake_checkpoint
+
+    from ebmrl.train.checkpoint_sync import CheckpointStore, checkpoint_step
+    from ebmrl.train.configs import checkpoint_to_resume
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir("ckpt")
+    store = CheckpointStore.for_run("s3://ckpt/runs", "grpo", "fp1")
+    local = tmp_path / "worker-a" / "checkpoints"
+    for step in (1, 2, 3):
+        fake_checkpoint(local, step)
+        store.push(local / f"checkpoint-{step}", {"step": step, "started_at_step": 0})
+    store.prune(keep=2)
+    assert store.synced_steps() == [2, 3]
+    fresh = tmp_path / "worker-b" / "checkpoints"
+    resume = checkpoint_to_resume(fresh, "fp1", True, store)
+    assert checkpoint_step(resume) == 3
+    assert (fresh / "checkpoint-3" / "sub" / "weights.bin").read_bytes() == bytes([3]) * 1000

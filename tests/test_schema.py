@@ -171,6 +171,7 @@ def released_record(draw):
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(released_record(), max_size=4))
+@pytest.mark.slow
 def test_fuzz_round_trip(records):
     samples = parse_released(records)
     assert [s.to_released() for s in samples] == records
@@ -186,6 +187,7 @@ def test_fuzz_round_trip(records):
         max_leaves=20,
     )
 )
+@pytest.mark.slow
 def test_fuzz_arbitrary_json_never_crashes_the_importer(data):
     try:
         samples = parse_released(data if isinstance(data, list) else [data])

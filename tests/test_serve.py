@@ -103,6 +103,7 @@ def test_bad_request_over_http_is_400_with_message(chat_server):
     assert httpx.post(f"{server.url}/nothing", json={}).status_code == 404
 
 
+@pytest.mark.slow
 def test_injected_failures_and_latency(chat_server):
     server = chat_server(fail_rate=0.3, latency_s=0.01, seed=0)
     codes = [
@@ -116,6 +117,7 @@ def test_injected_failures_and_latency(chat_server):
     assert server.stats()["injected_failures"] == failures
 
 
+@pytest.mark.slow
 def test_ebmrl_serve_command(tmp_path, tiny_models):
     params = tmp_path / "params.yaml"
     params.write_text(f"models:\n  vlm: {tiny_models['vlm']}\n")

@@ -142,6 +142,7 @@ def test_every_stage_names_its_typical_bad_inputs(workspace, capsys, tiny_models
     assert code == 75 and "Traceback" not in output, output[-2000:]
 
 
+@pytest.mark.slow
 def test_the_console_script_prints_no_traceback_for_an_empty_split(tmp_path, demo_store):
     """The real ``ebmrl`` command, as DVC and the flows run it."""
     dataset = empty_dataset(tmp_path / "dataset")

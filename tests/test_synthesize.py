@@ -130,6 +130,7 @@ def test_split_sizes_follow_the_fraction():
     assert 10 <= len(test) <= 30 and len({s.session_id for s in test}) >= 1
 
 
+@pytest.mark.slow
 def test_llm_dialogues_and_traces_over_http_are_structured_and_cached(
     tmp_path, demo_store, demo_data, chat_server, capsys
 ):
@@ -185,6 +186,7 @@ def test_llm_dialogues_and_traces_over_http_are_structured_and_cached(
     assert (out / "report.json").read_bytes() == first_report
 
 
+@pytest.mark.slow
 def test_copy_check_drops_and_reports(tmp_path, demo_store, demo_data, chat_server, capsys):
     server = chat_server()
     backend = {"kind": "http", "base_url": server.url, "model": "tiny-vlm"}

@@ -208,6 +208,7 @@ def regex_spans(text, tags):
 @settings(max_examples=600, deadline=None)
 @given(tag_text)
 @example("<answer>a<answer>b</answer>c</answer>")
+@pytest.mark.slow
 def test_first_block_is_the_authors_regex(text):
     for tag in ("vision", "perception", "think", "answer"):
         assert first_block(text, tag) == regex_block(text, tag)
@@ -217,6 +218,7 @@ def test_first_block_is_the_authors_regex(text):
 @given(tag_text, st.sampled_from([AUTHORS_TAGS, DEFAULT_TAGS]), st.integers(1, 3))
 @example("<vision>a</vision><think></vision> <think>b</think>", AUTHORS_TAGS, 2)
 @example("<vision>a</vision>x<b><vision>c</vision><think>t</think>", AUTHORS_TAGS, 2)
+@pytest.mark.slow
 def test_ordered_blocks_are_the_authors_regex_search(text, tags, n):
     spans = ordered_blocks(text, tags[:n])
     expected = regex_spans(text, tags[:n])

@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import yaml
 
 from ebmrl import tracking
@@ -49,6 +50,7 @@ def test_completions_table_parses_blocks():
     assert table["reward/format"] == [5.0, -5.0] and table["advantage"] == [1.0, -1.0]
 
 
+@pytest.mark.slow
 def test_stage_run_nests_under_parent_and_restores_env(tmp_path, monkeypatch):
     import mlflow
 
@@ -75,6 +77,7 @@ def test_stage_run_nests_under_parent_and_restores_env(tmp_path, monkeypatch):
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
 
 
+@pytest.mark.slow
 def test_an_experiment_kind_someone_chose_is_kept(tmp_path):
     from mlflow import MlflowClient
 

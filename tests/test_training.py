@@ -209,6 +209,7 @@ def test_grpo_raises_the_total_reward(tmp_path, tiny_models, inputs, sft_result,
 
 
 # --------------------------------------------------------------------- bad input
+@pytest.mark.slow
 def test_empty_train_split_is_a_clear_error(tmp_path, tiny_models, inputs):
     params = params_for(tmp_path, tiny_models)
     empty = TrainingInputs(
@@ -361,6 +362,19 @@ def test_grpo_stage_tracks_every_reward_and_the_completions_table(
         assert sorted(m.step for m in series) == [1, 2, 3, 4], name
     for key in ("reward", "kl", "completions/mean_length", "rewards/pcg/baseline_queries"):
         assert client.get_metric_history(stage.info.run_id, key), key
+    # Where each step's time went (seconds): in MLflow, never in the DVC outputs.
+    timings = ["step_time", "timing/generation", "timing/reference_pass", "timing/rewards"]
+    timings += [f"timing/rewards/{name}" for name in REWARDS]
+    history = {
+        key: {m.step: m.value for m in client.get_metric_history(stage.info.run_id, key)}
+        for key in [*timings, "timing/policy_forward_backward"]
+    }
+    for key, series in history.items():
+        assert sorted(series) == [1, 2, 3, 4] and min(series.values()) > 0, (key, series)
+    for step, total in history["step_time"].items():
+        split = history["timing/generation"][step] + history["timing/policy_forward_backward"][step]
+        assert split < total * 1.05, (step, split, total)  # parts of TRL's step, not more
+    assert "timing/" not in (tmp_path / "log.json").read_text()
     artifacts = [a.path for a in client.list_artifacts(stage.info.run_id, "completions")]
     assert artifacts == ["completions/step_000002.json", "completions/step_000004.json"]
     table = mlflow.load_table("completions/step_000004.json", run_ids=[stage.info.run_id])
@@ -383,7 +397,9 @@ def test_grpo_resumes_after_kill_9_and_ends_at_the_configured_step(
     command = [str(BIN / "ebmrl"), "--params", str(params), "grpo", "--no-tracking",
                "--metrics", str(tmp_path / "grpo.json"), "--log-history", str(tmp_path / "log.json")]  # fmt: skip
     checkpoints = tmp_path / "grpo" / "checkpoints"
-    victim = subprocess.Popen(command, cwd=tmp_path, env=stage_env(tmp_path),
+    # Each checkpoint is also copied to a store (a folder here; S3 in the e2e test).
+    env = {**stage_env(tmp_path), "EBMRL_CHECKPOINTS_URI": str(tmp_path / "store")}
+    victim = subprocess.Popen(command, cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 600
@@ -396,7 +412,7 @@ def test_grpo_resumes_after_kill_9_and_ends_at_the_configured_step(
         victim.send_signal(signal.SIGKILL)
         victim.wait()
     assert not (tmp_path / "grpo" / "final").exists()
-    rerun = subprocess.run(command, cwd=tmp_path, env=stage_env(tmp_path), capture_output=True,
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=900)  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "resuming GRPO from" in rerun.stdout
@@ -404,6 +420,13 @@ def test_grpo_resumes_after_kill_9_and_ends_at_the_configured_step(
         rerun.stdout.split("resuming GRPO from")[1].split("checkpoint-")[1].split()[0]
     )
     assert resumed_from >= 2
+    from ebmrl.train.checkpoint_sync import CheckpointStore
+
+    (run_dir,) = (tmp_path / "store" / "grpo").iterdir()  # one run fingerprint
+    store = CheckpointStore(str(run_dir))
+    assert store.newest_step() == 6
+    # The trainer of the rerun started from the checkpoint's state, not from step 0.
+    assert store.record(6)["started_at_step"] == resumed_from
     log = yaml.safe_load((tmp_path / "log.json").read_text())
     # Only the steps after the checkpoint were trained again, and the run ends at max_steps.
     assert [entry["step"] for entry in log][-1] == 6
@@ -448,6 +471,7 @@ def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
 
 
 # ------------------------------------------------------------------------ resume
+@pytest.mark.slow
 def test_resume_loads_every_weight_of_the_checkpoint(tmp_path, tiny_models, sft_result):
     """transformers 5.24's Trainer resumes Qwen2.5-VL with none of the checkpoint's weights
     (saved key names differ from module names); our trainers load them all."""

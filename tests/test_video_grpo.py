@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import grpo_args, make_dataset, tiny_trainer, varied_reward
 from datasets import Dataset
 from transformers import TrainerCallback
-from trl import GRPOConfig
 
-from ebmrl import video
-from ebmrl.frame_store import MemoryFrameStore
 from ebmrl.models import load_vlm
+from ebmrl.models.shared_prefix import VisionCalls
 from ebmrl.models.vlm import video_messages
 from ebmrl.train.video_grpo import VideoGRPOTrainer, strip_none_keys
-
-
-def varied_reward(completions, **kwargs):
-    """Deterministic but different per completion, so group advantages are non-zero."""
-    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-    return [float(sum(map(ord, t)) % 11) for t in texts]
 
 
 class VisionGradProbe(TrainerCallback):
@@ -33,59 +26,7 @@ class VisionGradProbe(TrainerCallback):
         self.norms.append(float(torch.stack(grads).sum()) if grads else 0.0)
 
 
-@pytest.fixture(scope="module")
-def frame_store(demo_data):
-    store = MemoryFrameStore()
-    for path in sorted(demo_data["videos"].glob("*.mp4"))[:2]:
-        frames, _, _ = video.sample_frames(path, count=4)
-        store.add(path.stem, frames=frames)
-    return store
-
-
-def grpo_args(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        num_generations=4,
-        per_device_train_batch_size=4,
-        max_completion_length=8,
-        max_steps=1,
-        learning_rate=1e-3,
-        beta=0.04,
-        use_cpu=True,
-        bf16=False,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-    )
-    values.update(overrides)
-    return GRPOConfig(**values)
-
-
-def make_dataset(store):
-    rows = [
-        {"prompt": video_messages(f"Describe clip {i}."), "clip_id": clip_id}
-        for i, clip_id in enumerate(store.clip_ids())
-    ]
-    return Dataset.from_list(rows)
-
-
-def tiny_trainer(tiny_models, store, tmp_path, **kwargs):
-    """A VideoGRPOTrainer on the tiny VLM with the varied reward; returns it with its model
-    and processor."""
-    model, processor = load_vlm(tiny_models["vlm"])
-    trainer = VideoGRPOTrainer(
-        model=model,
-        reward_funcs=[varied_reward],
-        args=grpo_args(tmp_path),
-        train_dataset=make_dataset(store),
-        processing_class=processor,
-        frame_store=store,
-        **kwargs,
-    )
-    return trainer, model, processor
-
-
+@pytest.mark.slow
 def test_vision_tower_gets_gradient_in_a_grpo_step(tiny_models, frame_store, tmp_path):
     trainer, model, _ = tiny_trainer(tiny_models, frame_store, tmp_path)
     probe = VisionGradProbe(model)
@@ -102,6 +43,7 @@ def test_pad_tokens_are_suppressed_in_generation(tiny_models, frame_store, tmp_p
     assert {model.config.video_token_id, model.config.image_token_id} <= suppressed
 
 
+@pytest.mark.slow
 def test_missing_clip_is_a_clear_error(tiny_models, frame_store, tmp_path):
     from ebmrl.frame_store import MissingClipError
 
@@ -156,6 +98,7 @@ def recording_rewards():
     return [varied, constant_first, sometimes_none], generated
 
 
+@pytest.mark.slow
 def test_advantages_in_the_loss_are_combine_of_the_logged_rewards(
     tiny_models, frame_store, tmp_path
 ):
@@ -275,3 +218,197 @@ def test_a_non_positive_kl_clamp_is_refused(tiny_models, frame_store, tmp_path):
             frame_store=frame_store,
             kl_clamp=0,
         )
+
+
+# ------------------------------------ no-gradient passes: one prompt + video per group
+class BothWaysTrainer(VideoGRPOTrainer):
+    """Runs every no-gradient log-prob pass both ways, shared prefixes and row by row, on
+    the step's real batch; records both results and the videos the vision tower encoded
+    for each. Training continues on the shared result."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.passes: list[dict] = []
+
+    def _logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, **kw):
+        if torch.is_grad_enabled():
+            return super()._logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, **kw
+            )
+        record = {"mask": attention_mask[:, -logits_to_keep:], "rows": input_ids.size(0)}
+        for shared in (False, True):
+            self.shared_prefix = shared
+            with VisionCalls(self.accelerator.unwrap_model(model)) as calls:
+                out = super()._logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, **kw
+                )
+            record[shared] = (out[0], calls.items)
+        self.passes.append(record)
+        return out
+
+
+def test_reference_and_old_policy_passes_share_each_prompt_and_equal_row_by_row(
+    tiny_models, frame_store, tmp_path
+):
+    model, processor = load_vlm(tiny_models["vlm"])
+    trainer = BothWaysTrainer(
+        model=model,
+        reward_funcs=[varied_reward],
+        # 2 prompts x G = 4; two iterations per batch make TRL compute old log-probs.
+        args=grpo_args(tmp_path, per_device_train_batch_size=8, num_iterations=2),
+        train_dataset=make_dataset(frame_store),
+        processing_class=processor,
+        frame_store=frame_store,
+    )
+    trainer.train()
+    assert len(trainer.passes) == 2  # old policy, then reference
+    for record in trainer.passes:
+        (row_logps, row_videos), (shared_logps, shared_videos) = record[False], record[True]
+        assert record["rows"] == 8
+        assert row_videos == 8 and shared_videos == 2  # one clip per prompt, not per row
+        mask = record["mask"].bool()
+        assert mask.sum() > 8
+        diff = (shared_logps - row_logps)[mask].abs().max()
+        assert float(diff) <= 1e-4, float(diff)
+    # The step's breakdown, every optimiser step, next to TRL's step_time.
+    logged = trainer.state.log_history[0]
+    for key in (
+        "step_time",
+        "timing/generation",
+        "timing/rewards",
+        "timing/rewards/varied_reward",
+        "timing/old_policy_pass",
+        "timing/reference_pass",
+        "timing/policy_forward_backward",
+    ):
+        assert logged.get(key, 0) > 0, key
+    parts = logged["timing/generation"] + logged["timing/policy_forward_backward"]
+    assert parts < logged["step_time"] * 1.05
+
+
+def crafted_video_batch(trainer, processor, store, copies=3):
+    """Two prompts (different lengths) over two clips, ``copies`` completions each with
+    different padding, as TRL lays them out; the trainer's video rows set."""
+    from ebmrl.models.vlm import encode
+    from ebmrl.train.video_grpo import VideoRows
+
+    clip_ids = store.clip_ids()
+    convs = [video_messages("What now?"), video_messages("Tell me, what is happening there?")]
+    encoded = encode(processor, convs, [store.frames(c) for c in clip_ids])
+    ids = encoded["input_ids"].repeat_interleave(copies, 0)
+    mask = encoded["attention_mask"].repeat_interleave(copies, 0)
+    g = torch.Generator().manual_seed(1)
+    completion = torch.randint(10, 500, (ids.size(0), 6), generator=g)
+    completion_mask = torch.ones_like(completion)
+    for row in range(ids.size(0)):
+        completion_mask[row, 6 - row % 4 :] = 0
+    grid = encoded["video_grid_thw"]
+    pixels = list(torch.split(encoded["pixel_values_videos"], grid.prod(dim=-1).tolist()))
+    trainer._video_rows = VideoRows(
+        [pixels[r // copies] for r in range(ids.size(0))],
+        grid.repeat_interleave(copies, 0),
+        encoded["second_per_grid_ts"].repeat_interleave(copies, 0),
+    )
+    return torch.cat([ids, completion], 1), torch.cat([mask, completion_mask], 1)
+
+
+def logps_both_ways(trainer, model, ids, mask, **kw):
+    out = {}
+    for shared in (False, True):
+        trainer.shared_prefix = shared
+        with torch.no_grad(), VisionCalls(model) as calls:
+            logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+                model, ids, mask, 6, **kw
+            )
+        out[shared] = (logps, entropies, calls.items)
+    return out
+
+
+def test_shared_prefix_equals_row_by_row_with_groups_split_and_entropies(
+    tiny_models, frame_store, tmp_path
+):
+    trainer, model, processor = tiny_trainer(tiny_models, frame_store, tmp_path)
+    ids, mask = crafted_video_batch(trainer, processor, frame_store)
+    valid = mask[:, -6:].bool()
+    # Batches of 2 rows cut each group of 3: a group's prefix is run once per piece.
+    out = logps_both_ways(trainer, model, ids, mask, batch_size=2, compute_entropy=True)
+    (row_logps, row_entropy, row_videos), (logps, entropy, videos) = out[False], out[True]
+    assert (row_videos, videos) == (6, 4)
+    assert torch.allclose(logps[valid], row_logps[valid], atol=1e-4)
+    assert torch.allclose(entropy[valid], row_entropy[valid], atol=1e-4)
+    out = logps_both_ways(trainer, model, ids, mask, batch_size=6)
+    assert (out[False][2], out[True][2]) == (6, 2)
+    assert torch.allclose(out[True][0][valid], out[False][0][valid], atol=1e-4)
+
+
+def test_a_model_that_cannot_share_a_prefix_is_scored_row_by_row(
+    tiny_models, frame_store, tmp_path, caplog
+):
+    trainer, model, processor = tiny_trainer(tiny_models, frame_store, tmp_path)
+    ids, mask = crafted_video_batch(trainer, processor, frame_store)
+    model.config.get_text_config().use_sliding_window = True  # a layout we do not share
+    with caplog.at_level("WARNING", logger="ebmrl.train.video_grpo"):
+        out = logps_both_ways(trainer, model, ids, mask)
+    assert out[True][2] == out[False][2] == 6
+    assert torch.equal(out[True][0], out[False][0])
+    assert "shared prefixes off for this model (sliding-window attention layers)" in caplog.text
+
+
+def test_the_step_breakdown_stays_out_of_dvc_outputs():
+    from ebmrl.train.grpo import without_timings
+
+    logged = {"reward": 1.0, "step_time": 3.0, "timing/generation": 2.0}
+    logged["timing/rewards/pcg"] = 0.5
+    assert without_timings(logged) == {"reward": 1.0}
+
+
+@pytest.mark.slow
+def test_step_breakdown_reaches_a_real_mlflow_store_every_step(
+    tiny_models, frame_store, tmp_path, monkeypatch
+):
+    import mlflow
+
+    from ebmrl.train.grpo import timings_out_of_the_state
+
+    def short_reward(completions, **kwargs):
+        return [1.0 / (1 + len(str(c))) for c in completions]
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model, processor = load_vlm(tiny_models["vlm"])
+    trainer = VideoGRPOTrainer(
+        model=model,
+        reward_funcs=[varied_reward, short_reward],
+        args=grpo_args(tmp_path, max_steps=2, report_to=["mlflow"]),
+        train_dataset=make_dataset(frame_store),
+        processing_class=processor,
+        frame_store=frame_store,
+        callbacks=[timings_out_of_the_state()],  # as the GRPO stage has it
+    )
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("step-breakdown")
+        with mlflow.start_run() as run:
+            trainer.train()
+    finally:
+        mlflow.set_tracking_uri(before)
+    client = mlflow.MlflowClient(uri)
+    keys = ["step_time", "timing/generation", "timing/rewards", "timing/reference_pass"]
+    keys += ["timing/rewards/varied_reward", "timing/rewards/short_reward"]
+    keys += ["timing/policy_forward_backward"]
+    history = {
+        key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        for key in keys
+    }
+    for key, series in history.items():
+        assert sorted(series) == [1, 2] and min(series.values()) > 0, (key, series)
+    for step, total in history["step_time"].items():
+        split = history["timing/generation"][step] + history["timing/policy_forward_backward"][step]
+        assert split < total * 1.05, (step, split, total)
+        per_reward = sum(
+            history[f"timing/rewards/{n}"][step] for n in ("varied_reward", "short_reward")
+        )
+        assert per_reward <= history["timing/rewards"][step] * 1.05
+    # MLflow has them; the trainer's state (what checkpoints and DVC outputs keep) does not.
+    assert not [k for entry in trainer.state.log_history for k in entry if "timing/" in k]

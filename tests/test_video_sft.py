@@ -58,6 +58,7 @@ def test_over_long_batches_are_refused(tiny_models, store):
         VideoSFTCollator(processor, store, max_length=16)(rows(store))
 
 
+@pytest.mark.slow
 def test_vision_tower_gets_gradient_in_an_sft_step(tiny_models, store, tmp_path):
     model, processor = load_vlm(tiny_models["vlm"])
     args = SFTConfig(

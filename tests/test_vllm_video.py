@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_video_grpo import frame_store, make_dataset, tiny_trainer  # noqa: F401
+from conftest import make_dataset, tiny_trainer
 
 from ebmrl.models import load_vlm
 from ebmrl.models.vlm import vision_pad_token_ids
@@ -139,7 +139,7 @@ class ColocatedGeneration:
         )
 
 
-def test_each_rollout_request_carries_its_rows_clip(tiny_models, frame_store, tmp_path):  # noqa: F811
+def test_each_rollout_request_carries_its_rows_clip(tiny_models, frame_store, tmp_path):
     trainer, _, processor = tiny_trainer(tiny_models, frame_store, tmp_path)
     tokenizer = processor.tokenizer
     engine = RecordingEngine(tokenizer.encode("Eyes up.") + [tokenizer.eos_token_id])
@@ -215,6 +215,7 @@ def test_generate_without_clips_is_an_error():
 
 
 @pytest.mark.skipif(vllm_unavailable_reason() is None, reason="vLLM and a GPU are present")
+@pytest.mark.slow
 def test_use_vllm_without_vllm_fails_before_any_work(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["grpo"]["use_vllm"] = True

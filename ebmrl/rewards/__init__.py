@@ -9,6 +9,7 @@ completion + diagnostics) out, expensive state injected.
 - ``pcg.PerceptualCognitiveReward``: likelihood gain of the reference from the trace,
   scored by ``likelihood.VideoLikelihoodScorer`` (or any ``LikelihoodScorer``).
 - ``aggregate.combine``: group-relative advantages (normalize_then_sum / sum_then_normalize).
+- ``registry``: every reward by name (built-in and params.yaml ``rewards.functions``).
 - ``trl_adapter.build_reward_funcs``: the rewards as TRL reward functions + GRPOConfig args.
 """
 

@@ -46,7 +46,8 @@ def sentence_embedder(params: Params) -> HFSentenceEmbedder | None:
 def pcg_scorer(
     params: Params, model: Any, processor: Any, frame_store: FrameStore
 ) -> VideoLikelihoodScorer:
-    """The PCG scorer over an existing (reference) model, sized by ``rewards.pcg``."""
+    """The PCG scorer over an existing (reference) model, sized by ``rewards.pcg``, its
+    prefixes shared as ``grpo.shared_prefix`` says."""
     pcg = params.rewards.pcg
     return VideoLikelihoodScorer(
         model,
@@ -54,4 +55,5 @@ def pcg_scorer(
         frame_store,
         batch_size=pcg.batch_size,
         max_sequence_tokens=pcg.max_sequence_tokens,
+        shared_prefix=params.grpo.shared_prefix,
     )

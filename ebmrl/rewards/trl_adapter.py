@@ -1,4 +1,4 @@
-"""The four rewards as TRL reward functions, with weights and aggregation from params.yaml.
+"""Reward functions as TRL reward functions, with weights and aggregation from params.yaml.
 
 TRL 1.16 calls each reward function as::
 
@@ -6,41 +6,39 @@ TRL 1.16 calls each reward function as::
       trainer_state=..., log_extra=..., log_metric=...)
 
 with every dataset column repeated once per completion (G rows per prompt), and expects
-one float (or None) per completion. It logs ``rewards/<f.__name__>/mean|std``, so the
-functions here are named ``format``, ``answer``, ``clip`` and ``pcg``, and each forwards
-its reward's diagnostics (truncation, missing-block and leak-filter rates) through
-``log_metric``.
+one float (or None) per completion. It logs ``rewards/<f.__name__>/mean|std``.
 
-Columns read (the team's GRPO dataset contract): ``clip_id`` (clip, CLIP and PCG),
-``reference`` (answer, PCG), ``prompt_id`` (PCG baseline cache), optionally
+``trl_reward(name, function)`` is the one adapter: it names the TRL function after the
+reward, hands the reward function the completions and the keyword-only columns it
+declares (an absent column is an error naming it), and forwards a ``RewardBatch``'s
+diagnostics through ``log_metric``. Reward functions and their shape:
+``ebmrl.rewards.registry``.
+
+Columns the built-in rewards read (the team's GRPO dataset contract): ``clip_id`` (CLIP
+and PCG), ``reference`` (answer, PCG), ``prompt_id`` (PCG baseline cache), optionally
 ``problem_type`` (answer: only free-form rows are scored); the conversation itself
-arrives as ``prompts``. Tag names come from params.yaml ``tags``.
+arrives as ``prompts``.
 
-``build_reward_funcs(params, ...)`` returns the functions of the rewards whose weight is
-not 0 (a zero-weight reward is not computed, so its model need not be loaded), their
-weights, and the ``GRPOConfig`` arguments (``reward_weights``,
-``multi_objective_aggregation``, ``scale_rewards``). ``trl_advantages`` is
+``build_reward_funcs(section, tags, models)`` returns the TRL functions of the rewards
+whose weight is not 0 (a zero-weight reward is not computed, so its model need not be
+loaded), their weights and the aggregation. ``trl_advantages`` is
 ``ebmrl.rewards.aggregate.combine`` with TRL's constants: it reproduces the advantages
 TRL computes from the same rewards (tested against a real GRPOTrainer step).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ebmrl.config import Params
-from ebmrl.frame_store import FrameStore
+from ebmrl.config import RewardsSection
 from ebmrl.rewards.aggregate import Aggregation, combine
-from ebmrl.rewards.answer import AnswerReward, F1Scorer
 from ebmrl.rewards.base import RewardBatch
-from ebmrl.rewards.clip import ClipReward, ClipTextEncoder
-from ebmrl.rewards.format import FormatReward
-from ebmrl.rewards.leak import Embed, LeakFilter
-from ebmrl.rewards.pcg import LikelihoodScorer, PerceptualCognitiveReward
+from ebmrl.rewards.registry import RewardFunction, RewardModels, reward_functions
+from ebmrl.tags import DEFAULT_TAGS, TagNames
 
-REWARD_NAMES: tuple[str, ...] = ("format", "answer", "clip", "pcg")
 # TRL 1.16: the epsilon under every standard deviation in GRPOTrainer's advantages.
 TRL_EPS = 1e-4
 
@@ -48,79 +46,46 @@ RewardFunc = Callable[..., list[float]]
 LogMetric = Callable[[str, float], None]
 
 
-def _report(batch: RewardBatch, log_metric: LogMetric | None) -> list[float]:
-    if log_metric is not None:
-        for name, value in batch.metrics.items():
-            log_metric(name, value)
-    return batch.values
+def _keyword_columns(function: RewardFunction) -> dict[str, bool]:
+    """The keyword-only parameters of a reward function -> whether each is required."""
+    return {
+        name: parameter.default is inspect.Parameter.empty
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
 
 
-def format_reward_func(reward: FormatReward | None = None) -> RewardFunc:
-    reward = reward or FormatReward()
+def trl_reward(name: str, function: RewardFunction) -> RewardFunc:
+    """``function`` as a TRL reward function named ``name`` (TRL logs rewards/<name>/*)."""
+    columns = _keyword_columns(function)
 
-    def format(  # the name TRL logs: rewards/format/mean
-        prompts: Sequence[Any],
-        completions: Sequence[Any],
-        completion_ids: Sequence[Any] | None = None,
-        log_metric: LogMetric | None = None,
-        **_: Any,
-    ) -> list[float]:
-        """Dense format reward of each completion (no column needed)."""
-        return _report(reward.score(completions), log_metric)
+    def reward(completions: Sequence[Any], log_metric: LogMetric | None = None, **kwargs: Any):
+        passed = {}
+        for column, required in columns.items():
+            if column in kwargs:
+                passed[column] = kwargs[column]
+            elif required:
+                raise ValueError(
+                    f"the {name} reward needs the dataset column {column!r}, which this "
+                    f"batch does not have (columns: {', '.join(sorted(kwargs)) or 'none'})"
+                )
+        result = function(completions, **passed)
+        if isinstance(result, RewardBatch):
+            if log_metric is not None:
+                for metric, value in result.metrics.items():
+                    log_metric(metric, value)
+            result = result.values
+        values = list(result)
+        if len(values) != len(completions):
+            raise ValueError(
+                f"the {name} reward returned {len(values)} values for "
+                f"{len(completions)} completions"
+            )
+        return values
 
-    return format
-
-
-def answer_reward_func(reward: AnswerReward) -> RewardFunc:
-    def answer(
-        prompts: Sequence[Any],
-        completions: Sequence[Any],
-        completion_ids: Sequence[Any] | None = None,
-        *,
-        reference: Sequence[str],
-        problem_type: Sequence[str | None] | None = None,
-        log_metric: LogMetric | None = None,
-        **_: Any,
-    ) -> list[float]:
-        """BERTScore F1 of each ``<answer>`` against the ``reference`` column."""
-        return _report(reward.score(completions, reference, problem_type), log_metric)
-
-    return answer
-
-
-def clip_reward_func(reward: ClipReward) -> RewardFunc:
-    def clip(
-        prompts: Sequence[Any],
-        completions: Sequence[Any],
-        completion_ids: Sequence[Any] | None = None,
-        *,
-        clip_id: Sequence[str],
-        log_metric: LogMetric | None = None,
-        **_: Any,
-    ) -> list[float]:
-        """CLIP alignment of each ``<perception>`` with the frames of the ``clip_id`` column."""
-        return _report(reward.score(completions, clip_id), log_metric)
-
-    return clip
-
-
-def pcg_reward_func(reward: PerceptualCognitiveReward) -> RewardFunc:
-    def pcg(
-        prompts: Sequence[Any],
-        completions: Sequence[Any],
-        completion_ids: Sequence[Any] | None = None,
-        *,
-        clip_id: Sequence[str],
-        reference: Sequence[str],
-        prompt_id: Sequence[str],
-        log_metric: LogMetric | None = None,
-        **_: Any,
-    ) -> list[float]:
-        """Likelihood gain of ``reference`` from each completion's perception + think."""
-        batch = reward.score(completions, prompts, clip_id, reference, prompt_id)
-        return _report(batch, log_metric)
-
-    return pcg
+    reward.__name__ = reward.__qualname__ = name
+    reward.__doc__ = function.__doc__
+    return reward
 
 
 @dataclass(frozen=True)
@@ -141,74 +106,32 @@ class RewardSetup:
         return {"reward_weights": list(self.weights)}
 
 
-def _require(dependency: object, what: str, reward: str) -> None:
-    if dependency is None:
-        raise ValueError(
-            f"rewards.weights.{reward} is not 0, so the {reward} reward needs {what}; "
-            f"pass it, or set the weight to 0 to switch the reward off"
-        )
-
-
 def build_reward_funcs(
-    params: Params,
-    *,
-    clip_encoder: ClipTextEncoder | None = None,
-    frame_store: FrameStore | None = None,
-    answer_scorer: F1Scorer | None = None,
-    pcg_scorer: LikelihoodScorer | None = None,
-    sentence_embedder: Embed | None = None,
+    section: RewardsSection,
+    tags: TagNames = DEFAULT_TAGS,
+    models: RewardModels | None = None,
 ) -> RewardSetup:
-    """TRL reward functions for every reward with a non-zero weight in ``params.rewards``.
+    """TRL reward functions for every reward with a non-zero weight in ``section``
+    (params.yaml ``rewards``), reading the blocks named by ``tags``.
 
-    Dependencies are injected: ``clip_encoder`` + ``frame_store`` (CLIP),
-    ``answer_scorer`` (a BERTScorer, ``make_bert_scorer``), ``pcg_scorer`` (e.g.
+    The built-in rewards' models come in ``models``: ``clip_encoder`` + ``frame_store``
+    (CLIP), ``answer_scorer`` (a BERTScorer, ``make_bert_scorer``), ``pcg_scorer`` (e.g.
     ``VideoLikelihoodScorer`` over the trainer's reference model) and, when
     ``rewards.pcg.leak_filter.enabled``, ``sentence_embedder``.
     """
-    section = params.rewards
-    tags = params.tag_names()
-    weights = section.weights.model_dump()
-    funcs: list[RewardFunc] = []
-    for name in REWARD_NAMES:
-        if weights[name] == 0:
-            continue
-        if name == "format":
-            funcs.append(format_reward_func(FormatReward(tags)))
-        elif name == "answer":
-            _require(answer_scorer, "answer_scorer (a BERTScorer)", name)
-            reward = AnswerReward(answer_scorer, section.answer.batch_size, answer_tag=tags.answer)
-            funcs.append(answer_reward_func(reward))
-        elif name == "clip":
-            _require(clip_encoder, "clip_encoder", name)
-            _require(frame_store, "frame_store", name)
-            reward = ClipReward(
-                clip_encoder,
-                frame_store,
-                mode=section.clip.mode,
-                topk_fraction=section.clip.topk_fraction,
-                max_sentences=section.clip.max_sentences,
-                sentence_rule=section.clip.sentence_rule,
-                perception_tag=tags.perception,
-            )
-            funcs.append(clip_reward_func(reward))
-        else:
-            _require(pcg_scorer, "pcg_scorer", name)
-            leak = None
-            if section.pcg.leak_filter.enabled:
-                _require(sentence_embedder, "sentence_embedder (leak filter enabled)", name)
-                leak = LeakFilter(sentence_embedder, section.pcg.leak_filter.threshold)
-            reward = PerceptualCognitiveReward(
-                pcg_scorer,
-                leak_filter=leak,
-                max_block_chars=section.pcg.max_block_chars,
-                tags=tags,
-            )
-            funcs.append(pcg_reward_func(reward))
+    functions = reward_functions(section, tags, models or RewardModels())
     return RewardSetup(
-        funcs=funcs,
-        weights=[weights[f.__name__] for f in funcs],
+        funcs=[trl_reward(name, function) for name, function in functions.items()],
+        weights=[section.weights[name] for name in functions],
         aggregation=section.aggregation,
     )
+
+
+def format_reward_func(tags: TagNames = DEFAULT_TAGS) -> RewardFunc:
+    """The format reward alone, as a TRL reward function (no model needed)."""
+    from ebmrl.rewards.registry import format_reward
+
+    return trl_reward("format", format_reward(RewardsSection(), tags, RewardModels()))
 
 
 def trl_advantages(

@@ -3,8 +3,8 @@
 
 Writes ``<out>/annotations.jsonl`` (one row per ok clip) and ``<out>/report.json`` (what
 was described, by which model); finished requests live in the append-only cache
-``<cache>/responses.jsonl``, which survives crashes and reruns (dvc.yaml marks it
-``persist``). Run statistics (cache hits, requests, retries, seconds) go to the log.
+``<cache>/responses.jsonl``, which survives crashes and reruns (no DVC output: DVC
+never removes it, and the stage stays run-cacheable). Run statistics (cache hits, requests, retries, seconds) go to the log.
 """
 
 from __future__ import annotations

@@ -122,6 +122,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.frame_store import ShardedFrameStore
     from ebmrl.io import atomic_write_text, write_json
 
+    if not args.no_tracking:
+        tracking.require_mlflow()  # before any model loads
+
     section, models = params.evaluate, params.models
     started = time.perf_counter()
     if section.torch_threads:

@@ -1,10 +1,12 @@
 """``ebmrl grpo``: EBM-RL GRPO on video with the four rewards (params: ``grpo``,
-``rewards``, ``models``, ``tracking``).
+``rewards``, ``models``, ``tracking``, ``checkpoints``).
 
 Starts from the SFT checkpoint (``grpo.init_model``), also the frozen reference for the
 KL term and the PCG reward (the PCG scorer reuses the trainer's reference model).
-Checkpoints every ``grpo.save_steps``; a rerun after a crash resumes from the last one
-and stops at the configured step count. Writes ``<grpo.out>/final``,
+Checkpoints every ``grpo.save_steps`` into ``<grpo.out>/checkpoints`` (no DVC output),
+copied to ``checkpoints.uri`` when set; a rerun after a crash, here or on another
+machine, resumes from the newest one of the same run and stops at the configured step
+count. Writes ``<grpo.out>/final``,
 ``grpo.metrics`` (``metrics/grpo.json``: first- vs last-window reward means, per
 component) and ``grpo.log_history`` (``metrics/grpo_log.json``: every logged step, for
 ``dvc plots``). Timings (TRL's ``step_time``, the stage's seconds) go to MLflow and the
@@ -33,7 +35,11 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl import tracking
     from ebmrl.io import write_json
     from ebmrl.stages.inputs import prepare_training_stage
+    from ebmrl.train.checkpoint_sync import checkpoints_uri
     from ebmrl.train.grpo import grpo_rows, train_grpo
+
+    if not args.no_tracking:
+        tracking.require_mlflow()  # before any model loads
 
     section, models = params.grpo, params.models
     started = time.perf_counter()
@@ -70,6 +76,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             report_to=["mlflow"] if tracked else [],
             trainer_hook=add_completions_table,
             is_main_process=is_main,
+            checkpoints_uri=checkpoints_uri(params.checkpoints.uri),
         )
         if mlflow is not None:
             numbers = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}

@@ -1,8 +1,11 @@
-"""``ebmrl sft``: CoT-SFT cold start on video (params: ``sft``, ``models``, ``tracking``).
+"""``ebmrl sft``: CoT-SFT cold start on video (params: ``sft``, ``models``, ``tracking``,
+``checkpoints``).
 
 Trains on the train split's samples that carry a reference perception + think, loss on
-the assistant turn only; checkpoints every ``sft.save_steps`` and resumes from the last
-one when rerun after a crash; writes ``<sft.out>/final`` (loadable with
+the assistant turn only; checkpoints every ``sft.save_steps`` into
+``<sft.out>/checkpoints`` (no DVC output: the stage stays run-cacheable), copied to
+``checkpoints.uri`` when set, and resumes from the newest one of the same run (local or
+synced) when rerun after a crash; writes ``<sft.out>/final`` (loadable with
 ``from_pretrained``) and ``sft.metrics`` (``metrics/sft.json``: format reward of greedy
 generations on held-out samples, before and after training). The inputs are checked
 before the model is loaded and before the MLflow run opens; timings go to MLflow and
@@ -30,7 +33,11 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl import tracking
     from ebmrl.io import write_json
     from ebmrl.stages.inputs import prepare_training_stage
+    from ebmrl.train.checkpoint_sync import checkpoints_uri
     from ebmrl.train.sft import sft_rows, train_sft
+
+    if not args.no_tracking:
+        tracking.require_mlflow()  # before any model loads
 
     section, models, tags = params.sft, params.models, params.tag_names()
     started = time.perf_counter()
@@ -51,6 +58,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             processor=processor,
             report_to=["mlflow"] if tracked else [],
             is_main_process=is_main,
+            checkpoints_uri=checkpoints_uri(params.checkpoints.uri),
             tags=tags,
         )
         if mlflow is not None:

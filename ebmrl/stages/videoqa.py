@@ -47,6 +47,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
     )
     from ebmrl.io import write_json
 
+    if not args.no_tracking:
+        tracking.require_mlflow()  # before any model loads
+
     section, models = params.videoqa, params.models
     started = time.perf_counter()
     if section.torch_threads:

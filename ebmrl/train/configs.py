@@ -146,8 +146,9 @@ def training_code_identity(package: Path | None = None) -> str:
 def resumable_checkpoint(output_dir: str | Path, fingerprint: str) -> str | None:
     """The checkpoint to resume, only if it belongs to this very run (read-only).
 
-    Checkpoints survive reruns (DVC keeps them) so that a killed stage resumes; a rerun
-    with other params, data or start model must not continue a different run.
+    Checkpoints survive reruns (they are no DVC output: DVC never removes them) so that a
+    killed stage resumes; a rerun with other params, data or start model must not
+    continue a different run.
     """
     import json
 
@@ -175,14 +176,29 @@ def start_afresh(output_dir: str | Path, fingerprint: str) -> None:
 
 
 def checkpoint_to_resume(
-    output_dir: str | Path, fingerprint: str, is_main_process: bool
+    output_dir: str | Path, fingerprint: str, is_main_process: bool, store: Any = None
 ) -> str | None:
-    """Decide resume-or-restart the same way on every process, then let the main one clean up."""
+    """Decide resume-or-restart the same way on every process, then let the main one clean up.
+
+    ``store`` (a ``checkpoint_sync.CheckpointStore`` of this run): when it holds a newer
+    checkpoint than the local folder (another machine trained further), the main process
+    downloads it first, and the run resumes from it.
+    """
     from accelerate import PartialState
+
+    from ebmrl.train.checkpoint_sync import checkpoint_step
 
     resume = resumable_checkpoint(output_dir, fingerprint)
     PartialState().wait_for_everyone()  # every rank has decided before anything is removed
     if resume is None and is_main_process:
         start_afresh(output_dir, fingerprint)
     PartialState().wait_for_everyone()
-    return resume
+    if store is None:
+        return resume
+    if is_main_process:
+        newest = store.newest_step()
+        if newest > checkpoint_step(resume):
+            fetched = store.fetch(newest, output_dir)
+            print(f"fetched {fetched.name} from {store.root}", flush=True)
+    PartialState().wait_for_everyone()
+    return resumable_checkpoint(output_dir, fingerprint)

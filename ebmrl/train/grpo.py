@@ -11,6 +11,7 @@ from typing import Any
 from ebmrl.config import Params
 from ebmrl.frame_store import FrameStore, require_clips
 from ebmrl.tags import DEFAULT_TAGS
+from ebmrl.train.checkpoint_sync import CheckpointStore, sync_callback
 from ebmrl.train.configs import (
     checkpoint_to_resume,
     grpo_args,
@@ -63,18 +64,19 @@ def build_rewards(params: Params, frame_store: FrameStore, processor: Any):
     """Reward functions (loading only the reward models whose weight is not 0) and the PCG
     scorer, whose model is bound once the trainer (and its reference model) exists."""
     from ebmrl.rewards import loading
+    from ebmrl.rewards.registry import RewardModels
     from ebmrl.rewards.trl_adapter import build_reward_funcs
 
     weights = params.rewards.weights
-    pcg = loading.pcg_scorer(params, None, processor, frame_store) if weights.pcg else None
-    setup = build_reward_funcs(
-        params,
-        clip_encoder=loading.clip_encoder(params) if weights.clip else None,
+    pcg = loading.pcg_scorer(params, None, processor, frame_store) if weights["pcg"] else None
+    models = RewardModels(
+        clip_encoder=loading.clip_encoder(params) if weights["clip"] else None,
         frame_store=frame_store,
-        answer_scorer=loading.answer_scorer(params) if weights.answer else None,
+        answer_scorer=loading.answer_scorer(params) if weights["answer"] else None,
         pcg_scorer=pcg,
-        sentence_embedder=loading.sentence_embedder(params) if weights.pcg else None,
+        sentence_embedder=loading.sentence_embedder(params) if weights["pcg"] else None,
     )
+    setup = build_reward_funcs(params.rewards, params.tag_names(), models)
     return setup, pcg
 
 
@@ -94,10 +96,12 @@ def reference_model(trainer: Any, init_model: str, models: Any) -> Any:
     return trainer.accelerator.unwrap_model(ref).eval()
 
 
-# Per-step timings TRL logs (to MLflow): kept out of the log history the stage writes
-# as a DVC plots file and out of the checkpoints' trainer_state.json (DVC hashes both),
-# which must be the same bytes for the same inputs.
+# Per-step timings TRL and VideoGRPOTrainer log (to MLflow: step_time, timing/...): kept
+# out of the log history the stage writes as a DVC plots file and out of the
+# checkpoints' trainer_state.json (DVC hashes both), which must be the same bytes for the
+# same inputs.
 TIMING_KEYS = ("step_time",)
+TIMING_PREFIX = "timing/"
 
 
 def grpo_rows(inputs: TrainingInputs, tags: Sequence[str] = DEFAULT_TAGS) -> list[dict[str, Any]]:
@@ -115,7 +119,9 @@ def without_timings(entry: dict[str, Any]) -> dict[str, Any]:
     return {
         k: v
         for k, v in entry.items()
-        if k not in TIMING_KEYS and not k.endswith(("_runtime", "_per_second"))
+        if k not in TIMING_KEYS
+        and not k.startswith(TIMING_PREFIX)
+        and not k.endswith(("_runtime", "_per_second"))
     }
 
 
@@ -142,11 +148,13 @@ def train_grpo(
     callbacks: Sequence[Any] = (),
     trainer_hook: Any = None,
     is_main_process: bool = True,
+    checkpoints_uri: str | None = None,
 ) -> GrpoResult:
     """Run GRPO from ``model`` (loaded from ``params.grpo.init_model``) on ``inputs.train``.
 
     ``trainer_hook(trainer)`` runs once the trainer exists (e.g. to add a callback that
-    needs it).
+    needs it). ``checkpoints_uri``: also copy each checkpoint there, and resume from the
+    newest one there when it is ahead of the local folder (``checkpoint_sync``).
     """
     from datasets import Dataset
 
@@ -165,6 +173,7 @@ def train_grpo(
         frame_store=inputs.frames,
         aggregation=setup.aggregation,
         kl_clamp=section.kl_clamp,
+        shared_prefix=section.shared_prefix,
         callbacks=[*callbacks, timings_out_of_the_state()],
     )
     if pcg_scorer is not None:
@@ -180,7 +189,12 @@ def train_grpo(
         start=model_identity(section.init_model),
         rows=[(r["prompt_id"], r["clip_id"], r["reference"]) for r in rows],
     )
-    resume = checkpoint_to_resume(checkpoints, fingerprint, is_main_process)
+    store = (
+        CheckpointStore.for_run(checkpoints_uri, "grpo", fingerprint) if checkpoints_uri else None
+    )
+    if store is not None:
+        trainer.add_callback(sync_callback(store, section.save_total_limit))
+    resume = checkpoint_to_resume(checkpoints, fingerprint, is_main_process, store)
     if resume:
         print(f"resuming GRPO from {resume}")
     trainer.train(resume_from_checkpoint=resume)

@@ -10,6 +10,7 @@ from typing import Any
 from ebmrl.config import ModelsSection, SftSection
 from ebmrl.frame_store import require_clips
 from ebmrl.tags import DEFAULT_TAGS
+from ebmrl.train.checkpoint_sync import CheckpointStore, sync_callback
 from ebmrl.train.configs import (
     checkpoint_to_resume,
     lora_config,
@@ -81,16 +82,22 @@ def train_sft(
     callbacks: Sequence[Any] = (),
     is_main_process: bool = True,
     tags: Sequence[str] = DEFAULT_TAGS,
+    checkpoints_uri: str | None = None,
 ) -> SftResult:
     """Train ``model`` on ``inputs.train``; checkpoints under ``<out>/checkpoints`` (resumed
-    if present), final model in ``<out>/final``. ``tags``: params.yaml ``tags``."""
+    if present), final model in ``<out>/final``. ``tags``: params.yaml ``tags``.
+    ``checkpoints_uri``: also copy each checkpoint there, and resume from the newest one
+    there when it is ahead of the local folder (``checkpoint_sync``)."""
     from datasets import Dataset
     from trl import SFTTrainer
 
     from ebmrl.train.resume import ResumeWithConvertedKeys
+    from ebmrl.train.trl_contract import check_overrides
 
     class VideoSFTTrainer(ResumeWithConvertedKeys, SFTTrainer):
         pass
+
+    check_overrides(VideoSFTTrainer, SFTTrainer)
 
     train_rows, held_out = sft_rows(inputs, section.eval_samples, tags, section.target_layout)
     out = Path(section.out)
@@ -120,7 +127,12 @@ def train_sft(
         start=model_identity(models.vlm),
         rows=[(r["prompt_id"], r["clip_id"], r["completion"]) for r in train_rows],
     )
-    resume = checkpoint_to_resume(checkpoints, fingerprint, is_main_process)
+    store = (
+        CheckpointStore.for_run(checkpoints_uri, "sft", fingerprint) if checkpoints_uri else None
+    )
+    if store is not None:
+        trainer.add_callback(sync_callback(store, section.save_total_limit))
+    resume = checkpoint_to_resume(checkpoints, fingerprint, is_main_process, store)
     if resume:
         print(f"resuming SFT from {resume}")
     trainer.train(resume_from_checkpoint=resume)

@@ -25,26 +25,58 @@ It also makes the loss the paper's:
 6. ``kl_clamp`` clamps the log-ratio of the k3 KL estimator to ``[-kl_clamp, kl_clamp]``
    (the authors: 10), value and gradient, before TRL forms ``exp(d) - d - 1``.
 
+And it does the no-gradient work once per prompt:
+
+7. with ``shared_prefix`` (on by default), the reference pass and the old-policy pass
+   (when TRL computes one) run each prompt's prompt + video once (one vision-tower call
+   per prompt) and only each completion on top of its cached prefix
+   (``ebmrl.models.shared_prefix``); the log-probs equal the row-by-row ones (tested).
+   A model that cannot share a prefix (``unsupported_reason``) keeps the row-by-row
+   path, with one warning. The policy pass under training stays row by row.
+
+It logs where a step's time goes, every optimiser step, next to TRL's ``step_time``:
+``timing/generation``, ``timing/rewards`` and ``timing/rewards/<name>``,
+``timing/reference_pass``, ``timing/old_policy_pass`` (when computed) and
+``timing/policy_forward_backward``, in seconds (MLflow; kept out of the DVC outputs by
+``ebmrl.train.grpo.without_timings``).
+
 It overrides private TRL methods (``_tokenize_prompts``, ``_generate_and_score_completions``,
 ``_calculate_rewards``, ``_generate_single_turn``, ``_get_per_token_logps_and_entropies``,
-``_compute_loss``): TRL is pinned exactly, and ``tests/test_video_grpo.py`` asserts the
+``_compute_loss``, ``_prepare_inputs``): TRL is pinned exactly,
+``ebmrl.train.trl_contract`` checks their signatures when the trainer is built, and
+``tests/test_video_grpo.py`` asserts the
 contract (the vision tower receives a non-zero gradient; the advantages in the loss are
 ``combine``'s; the clamp), so an upgrade that breaks it fails loudly.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from accelerate.utils import gather_object
+from torch import nn
 from trl import GRPOTrainer
+from trl.trainer.utils import is_async_callable
 
 from ebmrl.frame_store import FrameStore
+from ebmrl.models.shared_prefix import (
+    PrefixBatch,
+    forward_shared_prefix,
+    group_rows,
+    pack_groups,
+    unsupported_reason,
+)
 from ebmrl.models.vlm import encode, strip_none_keys, vision_pad_token_ids
 from ebmrl.rewards.aggregate import PAPER_EPS, Aggregation, combine
 from ebmrl.train.resume import ResumeWithConvertedKeys
+from ebmrl.train.trl_contract import check_overrides
 from ebmrl.train.vllm_video import prepare_colocated_engine, video_item
 
 # Keys under which per-row video features travel in TRL's batch dicts. Lists and
@@ -56,6 +88,8 @@ VIDEO_KEYS = (VIDEO_PIXELS, VIDEO_GRID, VIDEO_SECONDS)
 
 # mm_token_type_ids values used by Qwen-VL processors.
 IMAGE_TYPE, VIDEO_TYPE = 1, 2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,6 +108,24 @@ class VideoRows:
         if self.second_per_grid_ts is not None:
             inputs["second_per_grid_ts"] = self.second_per_grid_ts[start:end].to(device)
         return inputs
+
+    def select(self, rows: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+        """The video inputs of ``rows`` (any rows, in that order)."""
+        inputs = {
+            "pixel_values_videos": torch.cat([self.pixels[r] for r in rows]).to(device),
+            "video_grid_thw": self.grid_thw[rows].to(device),
+        }
+        if self.second_per_grid_ts is not None:
+            inputs["second_per_grid_ts"] = self.second_per_grid_ts[rows].to(device)
+        return inputs
+
+    def same_clip(self, a: int, b: int) -> bool:
+        if not torch.equal(self.grid_thw[a], self.grid_thw[b]):
+            return False
+        seconds = self.second_per_grid_ts
+        if seconds is not None and not torch.equal(seconds[a], seconds[b]):
+            return False
+        return torch.equal(self.pixels[a], self.pixels[b])
 
     def as_batch_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {VIDEO_PIXELS: self.pixels, VIDEO_GRID: self.grid_thw}
@@ -110,13 +162,45 @@ def video_fps(processor: Any, second_per_grid_ts: torch.Tensor | None, rows: int
     return [patch / float(s) for s in second_per_grid_ts.tolist()]
 
 
+class StepTimings:
+    """Seconds per phase, added up over one optimiser step."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def measure(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
+
+    def timed(self, func: Any, name: str) -> Any:
+        """``func`` (a reward function) with its calls measured under ``name``."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self.measure(name):
+                return func(*args, **kwargs)
+
+        call.__name__ = call.__qualname__ = getattr(func, "__name__", name)
+        call.__doc__ = func.__doc__
+        return call
+
+    def flush(self) -> dict[str, float]:
+        out = dict(self.seconds)
+        self.seconds.clear()
+        return out
+
+
 class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
     """``GRPOTrainer`` whose prompts carry a video clip, looked up by ``clip_id``.
 
     Dataset rows need ``prompt`` (a conversation whose user turn has a ``{"type": "video"}``
     block) and ``clip_id``; every other column is passed to the reward functions.
     ``aggregation``/``advantage_eps`` define the advantages (``combine``); ``kl_clamp``
-    (None: off) bounds the KL log-ratio.
+    (None: off) bounds the KL log-ratio; ``shared_prefix`` runs each prompt's prompt +
+    video once in the no-gradient passes.
     """
 
     def __init__(
@@ -126,14 +210,21 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
         aggregation: Aggregation = "normalize_then_sum",
         advantage_eps: float = PAPER_EPS,
         kl_clamp: float | None = None,
+        shared_prefix: bool = True,
         **kwargs: Any,
     ):
+        check_overrides(type(self), GRPOTrainer)  # before any work: an upgrade fails here
         if kl_clamp is not None and not kl_clamp > 0:
             raise ValueError(f"kl_clamp must be > 0 (or None), got {kl_clamp}")
         self.frame_store = frame_store
         self.aggregation = aggregation
         self.advantage_eps = advantage_eps
         self.kl_clamp = kl_clamp
+        self.shared_prefix = shared_prefix
+        self._unshared_reasons: set[str] = set()
+        self.timings = StepTimings()
+        self._prepare_seconds = 0.0
+        self._no_grad_passes: list[str] = []
         self._pending_videos: list[Any] | None = None
         self._video_rows: VideoRows | None = None
         self._video_fps: list[float] | None = None
@@ -150,6 +241,42 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
             suppressed = set(self.generation_kwargs.get("suppress_tokens") or []) | set(pad_ids)
             self.generation_kwargs["suppress_tokens"] = sorted(suppressed)
             self.generation_config.suppress_tokens = sorted(suppressed)
+        self.reward_funcs = [
+            f
+            if isinstance(f, nn.Module) or is_async_callable(f)
+            else self.timings.timed(f, f"rewards/{name}")
+            for f, name in zip(self.reward_funcs, self.reward_func_names, strict=True)
+        ]
+
+    # ------------------------------------------------------------------ timings
+    def training_step(self, model, inputs, num_items_in_batch):
+        # The step less _prepare_inputs (generation, rewards, no-gradient passes).
+        started = time.perf_counter()
+        self._prepare_seconds = 0.0
+        output = super().training_step(model, inputs, num_items_in_batch)
+        elapsed = time.perf_counter() - started - self._prepare_seconds
+        self.timings.seconds["policy_forward_backward"] += elapsed
+        if self._step % self.current_gradient_accumulation_steps == 0:  # as TRL's step_time
+            for name, seconds in self.timings.flush().items():
+                self._metrics["train"][f"timing/{name}"].append(seconds)
+        return output
+
+    def _prepare_inputs(self, generation_batch):
+        started = time.perf_counter()
+        try:
+            return super()._prepare_inputs(generation_batch)
+        finally:
+            self._prepare_seconds += time.perf_counter() - started
+
+    def _expected_no_grad_passes(self) -> list[str]:
+        """The no-gradient log-prob passes TRL runs on a generated batch, in its order."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        old = self.args.gradient_accumulation_steps % generate_every != 0 or (
+            self.use_vllm and self.vllm_importance_sampling_correction
+        )
+        return (["old_policy_pass"] if old else []) + (
+            ["reference_pass"] if self.beta != 0.0 else []
+        )
 
     # ------------------------------------------------------------------ generation
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -158,6 +285,7 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
         if missing:
             raise ValueError(f"rows {missing} have no clip_id: every GRPO prompt needs a clip")
         self._pending_videos = [self.frame_store.frames(row["clip_id"]) for row in inputs]
+        self._no_grad_passes = self._expected_no_grad_passes() if self.model.training else []
         try:
             output = super()._generate_and_score_completions(inputs)
             if self._video_rows is None:
@@ -174,11 +302,13 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
             self._video_rows = None
             self._video_fps = None
             self._rewards_per_func = None
+            self._no_grad_passes = []
         return output
 
     # ------------------------------------------------------------------ advantages
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        with self.timings.measure("rewards"):
+            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._rewards_per_func = rewards  # every process's rows (TRL gathers them)
         return rewards
 
@@ -204,6 +334,12 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
         return ours.to(trl_advantages.device)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
+        with self.timings.measure("generation"):
+            return self._generate_rollouts(
+                prompt_ids, images, multimodal_fields, num_generations, **kw
+            )
+
+    def _generate_rollouts(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
         if not self.use_vllm:
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, **kw
@@ -289,16 +425,20 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
         compute_aux_loss=False,
         **image_kwargs,
     ):
-        logps, entropies, aux_loss = self._logps_and_entropies(
-            model,
-            input_ids,
-            attention_mask,
-            logits_to_keep,
-            batch_size=batch_size,
-            compute_entropy=compute_entropy,
-            compute_aux_loss=compute_aux_loss,
-            **image_kwargs,
-        )
+        phase = None
+        if not torch.is_grad_enabled() and self._no_grad_passes:
+            phase = self._no_grad_passes.pop(0)  # TRL's order: old policy, then reference
+        with self.timings.measure(phase) if phase else nullcontext():
+            logps, entropies, aux_loss = self._logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size=batch_size,
+                compute_entropy=compute_entropy,
+                compute_aux_loss=compute_aux_loss,
+                **image_kwargs,
+            )
         self._clamp_reference(logps)
         return logps, entropies, aux_loss
 
@@ -331,6 +471,12 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
                 "TRL's batching changed, the video subclass must be updated"
             )
         batch_size = batch_size or input_ids.size(0)
+        if self._may_share_prefix(model, compute_aux_loss):
+            shared = self._shared_prefix_logps(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy
+            )
+            if shared is not None:
+                return shared
         all_logps, all_entropies, all_aux = [], [], []
         for start in range(0, input_ids.size(0), batch_size):
             end = min(start + batch_size, input_ids.size(0))
@@ -360,3 +506,73 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
         entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
         aux_loss = torch.stack(all_aux).mean() if compute_aux_loss else None
         return logps, entropies, aux_loss
+
+    # ------------------------------------------------------------ shared prefixes
+    def _may_share_prefix(self, model, compute_aux_loss: bool) -> bool:
+        if not self.shared_prefix or torch.is_grad_enabled() or compute_aux_loss:
+            return False
+        reason = unsupported_reason(self.accelerator.unwrap_model(model))
+        if reason is not None and reason not in self._unshared_reasons:
+            self._unshared_reasons.add(reason)
+            log.warning("shared prefixes off for this model (%s): scoring row by row", reason)
+        return reason is None
+
+    def _prompt_groups(self, input_ids, attention_mask, prompt_width: int) -> list[list[int]]:
+        """Rows with the same prompt tokens and the same clip, in row order."""
+        video = self._video_rows
+        keys = []
+        for ids, mask in zip(
+            input_ids[:, :prompt_width], attention_mask[:, :prompt_width], strict=True
+        ):
+            keys.append(tuple(ids[mask.bool()].tolist()))
+        groups: list[list[int]] = []
+        for same_prompt in group_rows(keys):
+            clips: list[list[int]] = []
+            for row in same_prompt:
+                match = next((c for c in clips if video.same_clip(c[0], row)), None)
+                if match is None:
+                    clips.append([row])
+                else:
+                    match.append(row)
+            groups.extend(clips)
+        return groups
+
+    def _shared_prefix_logps(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy
+    ):
+        """Completion log-probs (and entropies), each prompt + clip run once per batch;
+        None when no two rows share a prompt (nothing to gain)."""
+        rows_total, width = input_ids.shape
+        prompt_width = width - logits_to_keep
+        groups = self._prompt_groups(input_ids, attention_mask, prompt_width)
+        if all(len(g) == 1 for g in groups):
+            return None
+        # The prefix is the prompt but its last token: that token's logit predicts the
+        # first completion token, so it opens each row's suffix.
+        split = prompt_width - 1
+        device = input_ids.device
+        logps = entropies = None
+        for batch in pack_groups(groups, batch_size):
+            heads = [g[0] for g in batch]
+            rows = torch.tensor([r for g in batch for r in g], device=device)
+            row_groups = torch.tensor([i for i, g in enumerate(batch) for _ in g], device=device)
+            prefix = PrefixBatch(
+                input_ids[heads, :split],
+                attention_mask[heads, :split],
+                self._video_rows.select(heads, device),
+            )
+            ids, mask = input_ids[rows, split:], attention_mask[rows, split:]
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, 0] = -100  # the prompt's last token: not scored
+            with self.accelerator.autocast():
+                out = forward_shared_prefix(
+                    model, prefix, ids, mask, row_groups, labels=labels, fused_lm_head=True
+                )
+            if logps is None:
+                logps = out.log_probs.new_zeros((rows_total, logits_to_keep))
+            logps[rows] = out.log_probs
+            if compute_entropy:
+                if entropies is None:
+                    entropies = out.entropy.new_zeros((rows_total, logits_to_keep))
+                entropies[rows] = out.entropy
+        return logps, entropies, None
