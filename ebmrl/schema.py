@@ -191,9 +191,11 @@ class Sample(Record):
         return bool(self.perception) and bool(self.think)
 
     @staticmethod
-    def trace(perception: str, think: str) -> str:
-        """The ``process`` text for a perception + think pair, in our tag names."""
-        return f"<perception>\n{perception.strip()}\n</perception>\n\n<think>\n{think.strip()}\n</think>"
+    def trace(perception: str, think: str, names: tags.TagNames = tags.DEFAULT_TAGS) -> str:
+        """The ``process`` text for a perception + think pair, in the tag names in use
+        (params.yaml ``tags``; reading accepts either name for the perception block)."""
+        p, t = names.perception, names.think
+        return f"<{p}>\n{perception.strip()}\n</{p}>\n\n<{t}>\n{think.strip()}\n</{t}>"
 
     # ------------------------------------------------------------------ released format
     @classmethod

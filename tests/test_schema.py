@@ -215,3 +215,21 @@ def test_scene_attributes_round_trip_and_bad_ones_are_named():
         Sample.from_released({**record, "scene_attributes": {"figures": "many"}})
     with pytest.raises(SchemaError, match="scene_attributes.colour"):
         Sample.from_released({**record, "scene_attributes": {"colour": "blue"}})
+
+
+def test_trace_builder_writes_the_tag_names_in_use():
+    from ebmrl.tags import AUTHORS_TAGS
+
+    trace = Sample.trace(" sees ", " thinks ", AUTHORS_TAGS)
+    assert trace == "<vision>\nsees\n</vision>\n\n<think>\nthinks\n</think>"
+    sample = Sample(
+        sample_id="x",
+        session_id="s",
+        user="u",
+        assistant="a",
+        dialogue=[],
+        target={"speaker": "a", "utterance": "hi"},
+        video="v.mp4",
+        process=trace,
+    )
+    assert (sample.perception, sample.think) == ("sees", "thinks")  # read either way

@@ -14,7 +14,7 @@ from ebmrl.frame_store import ShardedFrameStore
 from ebmrl.schema import Sample, Turn, load_released
 
 
-def _params(tmp_path, demo_store, demo_data, **synth):
+def _params(tmp_path, demo_store, demo_data, extra=None, **synth):
     annotations = tmp_path / "annotate"
     annotations.mkdir(exist_ok=True)
     (annotations / "annotations.jsonl").write_text(
@@ -34,7 +34,7 @@ def _params(tmp_path, demo_store, demo_data, **synth):
         **synth,
     }
     path = tmp_path / "params.yaml"
-    path.write_text(json.dumps({"synthesize": section}))
+    path.write_text(json.dumps({"synthesize": section, **(extra or {})}))
     return path
 
 
@@ -241,3 +241,30 @@ def test_bad_synthesize_params_are_named(tmp_path, bad, capsys):
     params.write_text(json.dumps({"synthesize": bad}))
     assert cli.main(["--params", str(params), "synthesize"]) == 2
     assert "synthesize." in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_llm_traces_are_written_in_the_tag_names_in_use(
+    tmp_path, demo_store, demo_data, chat_server
+):
+    """With the authors' tags (the paper profile) a synthesized trace reads <vision>, as
+    the released data does, so that a `released` SFT target matches the format reward."""
+    server = chat_server(seed=3)
+    backend = {"kind": "http", "base_url": server.url, "model": "tiny-vlm", "concurrency": 2}
+    params = _params(
+        tmp_path,
+        demo_store,
+        demo_data,
+        extra={"tags": ["vision", "think", "answer"]},
+        mode="llm",
+        samples_per_clip=1,
+        backend=backend,
+        generation={"max_tokens": 8, "temperature": 1.0},
+    )
+    assert cli.main(["--params", str(params), "synthesize"]) == 0
+    samples = load_split(tmp_path / "dataset", "train") + load_split(tmp_path / "dataset", "test")
+    traced = [s for s in samples if s.has_trace]
+    assert traced
+    for s in traced:
+        assert s.process.startswith("<vision>\n") and "<perception>" not in s.process
+        assert "\n</vision>\n\n<think>\n" in s.process

@@ -30,6 +30,7 @@ from ebmrl import prompts
 from ebmrl.backends import ChatRequest, GenerationClient, Message, map_concurrent
 from ebmrl.data.copycheck import copies_reply, copy_score
 from ebmrl.schema import CharacterProfile, Clip, ProfileBook, Sample, Turn, history_text
+from ebmrl.tags import DEFAULT_TAGS, TagNames
 
 MAX_LINE_CHARS = 400
 
@@ -128,8 +129,15 @@ def cast(book: ProfileBook, film: str) -> tuple[list[CharacterProfile], list[Cha
 class Writer:
     """Writes dialogue lines and traces through a ``GenerationClient`` (cached, retried)."""
 
-    def __init__(self, client: GenerationClient, settings: SynthSettings, source: str):
+    def __init__(
+        self,
+        client: GenerationClient,
+        settings: SynthSettings,
+        source: str,
+        tags: TagNames = DEFAULT_TAGS,
+    ):
         self.client, self.settings, self.source = client, settings, source
+        self.tags = tags  # the traces' tag names (params.yaml ``tags``)
 
     def _ask(self, system: str | None, user: str, seed: int) -> str:
         s = self.settings
@@ -211,7 +219,7 @@ class Writer:
                 and think
                 and not copies_reply(trace, reply, self.settings.copy_threshold)
             ):
-                return Sample.trace(perception, think), score
+                return Sample.trace(perception, think, self.tags), score
         return None, best
 
 

@@ -90,7 +90,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
         backend = make_backend(backend_section, params.models)
         client = GenerationClient(backend, cache, retry_policy(backend_section))
     try:
-        writer = synth.Writer(client, settings, film) if client is not None else None
+        writer = None
+        if client is not None:
+            writer = synth.Writer(client, settings, film, tags=params.tag_names())
         workers = concurrency(backend_section, backend) if backend is not None else 1
         if section.mode == "llm":
             assert writer is not None
