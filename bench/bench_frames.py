@@ -11,6 +11,11 @@ loads it (the tiny CLIP, built offline into a temporary folder). Both runs must 
 same store. Prints frames per second per worker count and the ratio, the load average
 (the machine may be shared), and the CPU seconds of the main process and of the workers:
 the main process's share is the serial part that bounds the speed-up, whatever the load.
+
+Two thread splits, each with 1 and then 2 workers: the stage's default (the cores divided
+among the workers, so a lone worker already decodes and embeds on every core) and one
+thread per worker (``--threads-per-worker 1``: how the per-clip work scales with the
+worker processes alone). ``--threads-per-worker N`` runs only that split.
 """
 
 from __future__ import annotations
@@ -103,10 +108,65 @@ def compare_pyav(copies: int) -> None:
     )
 
 
+def scaling(tasks, tmp: Path, embedder, settings, params, threads: int | None) -> None:
+    """1 worker, then 2, on the same clips; prints frames/s, CPU seconds and the ratio."""
+    from ebmrl.data import frames
+    from ebmrl.frame_store import ShardedFrameStore
+
+    split = "cores / workers" if threads is None else f"{threads} per worker"
+    print(f"threads: {split}")
+    seconds, counts = {}, {}
+    for workers in (1, 2):
+        out = tmp / f"store-{workers}"
+        started = time.perf_counter()
+        main_cpu, workers_cpu = time.process_time(), children_cpu()
+        report = frames.build_store(
+            tasks,
+            out,
+            embedder=embedder,
+            settings=settings,
+            sampling=params.video,
+            workers=workers,
+            shard_size_bytes=int(params.frames.shard_size_mb * (1 << 20)),
+            compress=params.frames.compress,
+            threads_per_worker=threads,
+        )
+        seconds[workers] = time.perf_counter() - started
+        main_cpu = time.process_time() - main_cpu
+        workers_cpu = children_cpu() - workers_cpu  # the pool's processes, reaped
+        store = ShardedFrameStore.open(out)
+        policy = sum(store.info(c)["num_frames"] for c in store.clip_ids())
+        clip_frames = sum(len(store.clip_frame_indices(c)) for c in store.clip_ids())
+        counts[workers] = policy + clip_frames
+        print(
+            f"  {workers} worker(s): {seconds[workers]:.2f}s, "
+            f"{counts[workers] / seconds[workers]:.1f} frames/s decoded "
+            f"({policy} policy + {clip_frames} CLIP frames; {report.shards_written} "
+            f"shard(s)), load average {os.getloadavg()[0]:.2f}"
+        )
+        share = main_cpu / (main_cpu + workers_cpu)
+        print(
+            f"    CPU: main process {main_cpu:.1f}s, workers {workers_cpu:.1f}s; the main "
+            f"process's serial share {100 * share:.1f}% bounds 2 workers at "
+            f"{1 / (share + (1 - share) / 2):.2f}x (Amdahl), whatever the load"
+        )
+    same_store(tmp / "store-1", tmp / "store-2")
+    print(
+        f"2 workers vs 1: {seconds[1] / seconds[2]:.2f}x frames/s; same store "
+        "(frames and index equal, embeddings within 1e-6)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("copies", nargs="?", type=int, default=4)
     parser.add_argument("--pyav", action="store_true", help="also compare decord with PyAV")
+    parser.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=None,
+        help="only this thread split (default: the stage's split, then 1 per worker)",
+    )
     args = parser.parse_args()
 
     from ebmrl import video
@@ -135,47 +195,9 @@ def main() -> None:
             f"{params.video.clip_schedule()}), compressed shards, CLIP embedded per clip; "
             f"{os.cpu_count()} cores, load average before {os.getloadavg()[0]:.2f}"
         )
-        seconds, counts = {}, {}
-        for workers in (1, 2):
-            out = tmp / f"store-{workers}"
-            started = time.perf_counter()
-            main_cpu, workers_cpu = time.process_time(), children_cpu()
-            report = frames.build_store(
-                tasks,
-                out,
-                embedder=embedder,
-                settings=settings,
-                sampling=params.video,
-                workers=workers,
-                shard_size_bytes=int(params.frames.shard_size_mb * (1 << 20)),
-                compress=params.frames.compress,
-            )
-            seconds[workers] = time.perf_counter() - started
-            main_cpu = time.process_time() - main_cpu
-            workers_cpu = children_cpu() - workers_cpu  # the pool's processes, reaped
-            from ebmrl.frame_store import ShardedFrameStore
-
-            store = ShardedFrameStore.open(out)
-            policy = sum(store.info(c)["num_frames"] for c in store.clip_ids())
-            clip_frames = sum(len(store.clip_frame_indices(c)) for c in store.clip_ids())
-            counts[workers] = policy + clip_frames
-            print(
-                f"  {workers} worker(s): {seconds[workers]:.2f}s, "
-                f"{counts[workers] / seconds[workers]:.1f} frames/s decoded "
-                f"({policy} policy + {clip_frames} CLIP frames; {report.shards_written} "
-                f"shard(s)), load average {os.getloadavg()[0]:.2f}"
-            )
-            share = main_cpu / (main_cpu + workers_cpu)
-            print(
-                f"    CPU: main process {main_cpu:.1f}s, workers {workers_cpu:.1f}s; the main "
-                f"process's serial share {100 * share:.1f}% bounds 2 workers at "
-                f"{1 / (share + (1 - share) / 2):.2f}x (Amdahl), whatever the load"
-            )
-        same_store(tmp / "store-1", tmp / "store-2")
-        print(
-            f"2 workers vs 1: {seconds[1] / seconds[2]:.2f}x frames/s; same store "
-            "(frames and index equal, embeddings within 1e-6)"
-        )
+        splits = [None, 1] if args.threads_per_worker is None else [args.threads_per_worker]
+        for threads in splits:
+            scaling(tasks, tmp / f"threads-{threads}", embedder, settings, params, threads)
     if args.pyav:
         compare_pyav(args.copies)
 

@@ -296,12 +296,18 @@ class FramesReport:
 
 
 def _plan(
-    embedder: Callable[[np.ndarray], np.ndarray], workers: int, compress: bool
+    embedder: Callable[[np.ndarray], np.ndarray],
+    workers: int,
+    compress: bool,
+    threads_per_worker: int | None = None,
 ) -> tuple[ClipWork, Callable[[Any], np.ndarray]]:
     """Who embeds: the workers (a ``ClipEmbedder`` on the CPU), or this process (a GPU
     model, with the workers preprocessing; any other callable, on raw frames)."""
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // workers) if workers > 0 else 0
+    if threads_per_worker is not None:
+        threads = threads_per_worker
+    else:
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // workers) if workers > 0 else 0
     spec = embedder.worker_spec() if isinstance(embedder, ClipEmbedder) else None
     if spec is not None:
         return ClipWork(embedder=spec, compress=compress, threads=threads), embedder.encode_inputs
@@ -323,13 +329,16 @@ def build_store(
     shard_size_bytes: int = 64 << 20,
     compress: bool = True,
     progress: bool = False,
+    threads_per_worker: int | None = None,
 ) -> FramesReport:
     """Fill the store at ``out`` with every task's frames and embeddings.
 
     ``embedder`` maps raw uint8 frames to embeddings. A ``ClipEmbedder`` on the CPU is
     loaded again in every worker, which then does all of a clip's work; one on a GPU (or
     any object with a ``preprocess`` and an ``encode_inputs``) has the preprocessing done
-    in the workers and the model run here.
+    in the workers and the model run here. Each worker's decoder and torch get
+    ``threads_per_worker`` threads (default: the cores divided among the workers, so one
+    worker still uses every core while it decodes).
     Clips already stored with the same ``settings`` (an interrupted or repeated run) are
     reused. If any clip fails to decode, the finished shards stay and ``FramesError``
     names the failed clips; ``index.json`` is only written when every clip is there.
@@ -345,7 +354,7 @@ def build_store(
         bar = tqdm(total=len(todo), desc=f"frames ({workers or 1} worker(s))", unit="clip")
     decode_seconds = embed_seconds = 0.0
     failed: list[dict[str, str]] = []
-    work, encode = _plan(embedder, workers, compress)
+    work, encode = _plan(embedder, workers, compress, threads_per_worker)
     if workers <= 0 and work.embedder is not None:
         _worker_embedders[work.embedder] = embedder  # in this process: the model at hand
     try:
