@@ -2,7 +2,7 @@
 
 Parameters are validated in full before any stage starts, so a typo in params.yaml
 fails in milliseconds with the key named, not an hour into a run. Every stage shares one
-error contract (``ebmrl.exit_codes``): a wrong input exits 2 and a network or storage
+error contract (``ebmrl.edge.exit_codes``): a wrong input exits 2 and a network or storage
 hiccup 75, each with one ``error:`` line naming the file or key and no traceback;
 anything else is a bug and shows its traceback.
 """
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ebmrl.config import DEFAULT_PARAMS_PATH, ConfigError, load
-from ebmrl.exit_codes import (
+from ebmrl.edge.exit_codes import (
     EXIT_INVALID,
     EXIT_TRANSIENT,
     error_line,
@@ -107,7 +107,7 @@ def print_outputs(dvc_file: str) -> int:
 
 def use_profile(params_path: str, profile: str) -> int:
     """Write a profile's keys into the params file (comments kept), after validating."""
-    from ebmrl.profiles import apply_profile
+    from ebmrl.edge.profiles import apply_profile
 
     try:
         changed = apply_profile(params_path, profile)

@@ -36,7 +36,7 @@ class Turn(Record):
 
 class SceneAttributes(Record):
     """Ground truth of what a clip shows, where it is known (the demo's rendered clips:
-    ``ebmrl.data.demo``). Not in the public release: our extension, carried from the
+    ``ebmrl.demo``). Not in the public release: our extension, carried from the
     records ingest imports to the evaluation's perception metric. Unknown: ``None``."""
 
     background: str | None = None

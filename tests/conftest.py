@@ -55,7 +55,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> dict[str, Path]:
-    from ebmrl.data import demo
+    from ebmrl import demo
 
     return demo.generate(
         tmp_path_factory.mktemp("demo"), seed=0, num_clips=6, num_sessions=3, samples_per_clip=2
@@ -81,9 +81,9 @@ def tiny_vlm_backend(tiny_models):
 
 @pytest.fixture
 def chat_server(tiny_vlm_backend):
-    """Factory: ``chat_server(fail_rate=..., latency_s=...)`` starts ``ebmrl.serve.ChatServer``
+    """Factory: ``chat_server(fail_rate=..., latency_s=...)`` starts ``ebmrl.edge.http_server.ChatServer``
     on 127.0.0.1 (free port) in a thread over the tiny VLM; stopped after the test."""
-    from ebmrl.serve import ChatServer, Faults
+    from ebmrl.edge.http_server import ChatServer, Faults
 
     servers = []
 
@@ -239,8 +239,8 @@ class ScriptedSystem:
 @pytest.fixture
 def http_model():
     """Factory: ``http_model(backend)`` serves any backend object on 127.0.0.1 (free port)
-    through ``ebmrl.serve.ChatServer`` and returns the server (``.url``); stopped after."""
-    from ebmrl.serve import ChatServer
+    through ``ebmrl.edge.http_server.ChatServer`` and returns the server (``.url``); stopped after."""
+    from ebmrl.edge.http_server import ChatServer
 
     servers = []
 
@@ -276,7 +276,7 @@ def copy_working_tree(dest: Path, profile: str | None = None) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     if profile:
-        from ebmrl.profiles import apply_profile
+        from ebmrl.edge.profiles import apply_profile
 
         apply_profile(dest / "params.yaml", profile)
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]

@@ -14,7 +14,7 @@ from ebmrl.train.checkpoint_sync import (
     checkpoint_step,
     checkpoints_uri,
 )
-from ebmrl.train.configs import FINGERPRINT, checkpoint_to_resume
+from ebmrl.train.trl_args import FINGERPRINT, checkpoint_to_resume
 
 
 def test_push_fetch_and_prune_round_trip(tmp_path):

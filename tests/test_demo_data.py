@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 
-from ebmrl import video
-from ebmrl.data import demo
-from ebmrl.data.scene_words import scene_attributes
+from ebmrl import demo, video
+from ebmrl.scene_words import scene_attributes
 from ebmrl.schema import load_profiles, load_released
 
 

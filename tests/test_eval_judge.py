@@ -1,6 +1,6 @@
 """The VEG/SPC/CN judge: strict replies, re-asks, failures recorded, caching, frames.
 
-Judges here are deterministic models served over real HTTP (``ebmrl.serve.ChatServer``
+Judges here are deterministic models served over real HTTP (``ebmrl.edge.http_server.ChatServer``
 on 127.0.0.1), reached through the same ``OpenAIHTTPBackend`` a hosted judge uses.
 """
 
@@ -10,7 +10,7 @@ from conftest import RuleJudge
 
 from ebmrl.backends import GenerationClient, ResponseCache, RetryPolicy
 from ebmrl.backends.openai_http import OpenAIHTTPBackend
-from ebmrl.data.demo import profile_book
+from ebmrl.demo import profile_book
 from ebmrl.eval.judge import (
     METRICS,
     Judge,
@@ -225,7 +225,7 @@ def test_the_judge_sees_the_character_sheets_the_policy_was_prompted_with(sample
     """One lookup for both: with the sample's film, without one (the sheets are then
     found in whichever film has the name, for the policy as for the judge), or with a
     film the book does not know (both see the same "no profile" note)."""
-    from ebmrl.train.prompting import build_prompt
+    from ebmrl.prompts.conversation import build_prompt
 
     book = profile_book()
     if source != "keep":

@@ -6,11 +6,11 @@ from conftest import RuleJudge
 
 from ebmrl.backends import GenerationClient, RetryPolicy
 from ebmrl.backends.openai_http import OpenAIHTTPBackend
-from ebmrl.data.demo import profile_book
-from ebmrl.eval.evaluation import judge_samples, pairwise_summary
+from ebmrl.demo import profile_book
 from ebmrl.eval.judge import Judge, JudgeContext
 from ebmrl.eval.outputs import SystemOutput
 from ebmrl.eval.pairwise import PairTally, combine_orders, position_flip
+from ebmrl.eval.summaries import judge_samples, pairwise_summary
 from ebmrl.schema import load_released
 
 

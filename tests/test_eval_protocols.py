@@ -24,15 +24,15 @@ from ebmrl.backends.openai_http import OpenAIHTTPBackend
 from ebmrl.cli import main
 from ebmrl.config import DecodingSection
 from ebmrl.data.dataset import write_dataset
-from ebmrl.data.demo import profile_book
-from ebmrl.eval.evaluation import judge_samples, judge_summary, pairwise_summary
-from ebmrl.eval.frames import clip_judge_frames, judge_frame_indices
+from ebmrl.demo import profile_book
+from ebmrl.eval.frame_samples import clip_judge_frames, judge_frame_indices
 from ebmrl.eval.generation import ClipFrames, generate_outputs
 from ebmrl.eval.judge import METRICS, Judge, JudgeContext
 from ebmrl.eval.outputs import SystemOutput, spoken_line
 from ebmrl.eval.pairwise import PairTally, binomial_p_value
 from ebmrl.eval.report import render_report
 from ebmrl.eval.subset import seeded_subset
+from ebmrl.eval.summaries import judge_samples, judge_summary, pairwise_summary
 from ebmrl.eval.videoqa import load_benchmark
 from ebmrl.eval.videoqa.parsing import exact_match, parse_choice
 from ebmrl.eval.videoqa.scoring import (

@@ -7,7 +7,7 @@ import pytest
 from conftest import ink, no_external_resources, screenshot
 
 from ebmrl.eval import report, svg
-from ebmrl.eval.frames import jpeg_data_url, judge_frames
+from ebmrl.eval.frame_samples import jpeg_data_url, judge_frames
 from ebmrl.eval.report import render_report
 
 

@@ -18,7 +18,7 @@ from conftest import RuleJudge, ScriptedSystem, ink, no_external_resources, run_
 
 from ebmrl.cli import main
 from ebmrl.data.dataset import write_dataset
-from ebmrl.data.demo import profile_book
+from ebmrl.demo import profile_book
 
 FIXTURES = Path(__file__).parent / "fixtures" / "videoqa"
 BIN = Path(sys.executable).parent

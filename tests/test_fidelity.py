@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from ebmrl import cli, config
+from ebmrl.edge.profiles import apply_profile
 from ebmrl.fidelity import fidelity_rows, fidelity_table
-from ebmrl.profiles import apply_profile
+from ebmrl.prompts import conversation
 from ebmrl.schema import parse_released
 from ebmrl.tags import AUTHORS_TAGS, DEFAULT_TAGS
-from ebmrl.train import prompting
-from ebmrl.train.configs import common_args, grpo_args, sft_args
+from ebmrl.train.trl_args import common_args, grpo_args, sft_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,22 +154,22 @@ def test_released_sft_target_is_process_blank_line_solution(cot_samples):
     for record, sample in zip(records, samples, strict=True):
         # RP_cot_sft.py: f"{process}\n\n{solution}", as written.
         expected = f"{record['process']}\n\n{record['solution']}"
-        assert prompting.target_completion(sample, AUTHORS_TAGS, "released") == expected
+        assert conversation.target_completion(sample, AUTHORS_TAGS, "released") == expected
 
 
 def test_tagged_sft_target_uses_the_tags_in_use(cot_samples):
     _, samples = cot_samples
-    target = prompting.target_completion(samples[0], AUTHORS_TAGS, "tagged")
+    target = conversation.target_completion(samples[0], AUTHORS_TAGS, "tagged")
     assert target.startswith("<vision>") and target.endswith("</answer>")
     assert "<perception>" not in target
-    ours = prompting.target_completion(samples[0], DEFAULT_TAGS, "tagged")
+    ours = conversation.target_completion(samples[0], DEFAULT_TAGS, "tagged")
     assert ours.startswith("<perception>")
 
 
 def test_released_target_with_other_tags_is_a_clear_error(cot_samples):
     _, samples = cot_samples
     with pytest.raises(ValueError, match=r"no <perception> and <think> blocks.*tags"):
-        prompting.target_completion(samples[0], DEFAULT_TAGS, "released")
+        conversation.target_completion(samples[0], DEFAULT_TAGS, "released")
 
 
 def test_reference_is_the_solution_answer_block(cot_samples):
@@ -178,13 +178,13 @@ def test_reference_is_the_solution_answer_block(cot_samples):
 
     for record, sample in zip(records, samples, strict=True):
         match = re.search(r"<answer>(.*?)</answer>", record["solution"], re.DOTALL)
-        assert prompting.reference_reply(sample, AUTHORS_TAGS) == match.group(1).strip()
+        assert conversation.reference_reply(sample, AUTHORS_TAGS) == match.group(1).strip()
 
 
 @pytest.mark.parametrize("tags", [DEFAULT_TAGS, AUTHORS_TAGS], ids=["ours", "authors"])
 def test_roleplay_prompt_carries_the_authors_rules_in_our_words(cot_samples, tags):
     _, samples = cot_samples
-    system = prompting.build_prompt(samples[0], None, tags)[0]["content"][0]["text"]
+    system = conversation.build_prompt(samples[0], None, tags)[0]["content"][0]["text"]
     p, t, a = tags
     for tag in (p, t, a):
         assert f"<{tag}>" in system and f"</{tag}>" in system

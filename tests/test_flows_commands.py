@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ebmrl import cli
-from ebmrl.exit_codes import EXIT_INVALID, EXIT_TRANSIENT, FAULT_ONCE_ENV
+from ebmrl.edge.exit_codes import EXIT_INVALID, EXIT_TRANSIENT, FAULT_ONCE_ENV
 from flows.commands import (
     CommandFailed,
     CommandResult,

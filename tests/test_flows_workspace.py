@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from ebmrl import cli
-from ebmrl.exit_codes import EXIT_INVALID, RESTORE_ONLY_ENV
+from ebmrl.edge.exit_codes import EXIT_INVALID, RESTORE_ONLY_ENV
 from flows.commands import CommandFailed, changed_stages, repro_stage_command, run_checked
 from flows.workspace import (
     DirtyWorkspace,
@@ -33,7 +33,7 @@ STAGE_SCRIPT = textwrap.dedent(
     """\
     import os, sys
     from pathlib import Path
-    from ebmrl.exit_codes import refused_here
+    from ebmrl.edge.exit_codes import refused_here
     name = sys.argv[1]
     refused = refused_here(name)
     if refused:

@@ -11,8 +11,8 @@ from conftest import real_clip
 
 from ebmrl import cli, video
 from ebmrl.data import ingest
-from ebmrl.data.demo import encode_mp4
 from ebmrl.data.jsonl import read_samples
+from ebmrl.demo import encode_mp4
 from ebmrl.schema import load_released
 
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from ebmrl.models import identity
-from ebmrl.train.configs import checkpoint_to_resume, run_fingerprint
+from ebmrl.train.trl_args import checkpoint_to_resume, run_fingerprint
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import yaml
 
 from ebmrl import cli
 from ebmrl.config import ConfigError, load
-from ebmrl.profiles import apply_profile, changed_keys, merge, read_overlay
+from ebmrl.edge.profiles import apply_profile, changed_keys, merge, read_overlay
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
@@ -115,7 +115,7 @@ def test_paper_profile_reaches_the_same_code_as_the_demo(params_copy):
     """The stages read params.yaml only: under the paper profile the same functions build
     the trainer arguments (now bf16 on the GPU) and load models by hub id."""
     from ebmrl.models.loading import ModelLoadError, is_local, load_vlm
-    from ebmrl.train.configs import common_args
+    from ebmrl.train.trl_args import common_args
 
     demo = load(params_copy)
     apply_profile(params_copy, "paper")

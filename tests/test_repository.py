@@ -22,7 +22,12 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in ci
 
 
-EDGE_MODULES = ("ebmrl/stages/", "ebmrl/cli.py", "ebmrl/tracking.py", "ebmrl/serve.py")
+EDGE_MODULES = (
+    "ebmrl/stages/",
+    "ebmrl/cli.py",
+    "ebmrl/edge/tracking.py",
+    "ebmrl/edge/http_server.py",
+)
 ORCHESTRATION = {"prefect", "dvc", "mlflow", "flows"}
 
 
@@ -56,7 +61,7 @@ def test_importing_the_data_and_reward_core_loads_no_orchestration_framework():
     code = (
         "import sys\n"
         "import ebmrl.schema, ebmrl.tags, ebmrl.video, ebmrl.config, ebmrl.frame_store\n"
-        "import ebmrl.rewards.format, ebmrl.rewards.aggregate, ebmrl.data.demo\n"
+        "import ebmrl.rewards.format, ebmrl.rewards.aggregate, ebmrl.demo\n"
         "print(','.join(m for m in ('prefect', 'dvc', 'mlflow') if m in sys.modules))\n"
     )
     result = subprocess.run(

@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ebmrl import config
-from ebmrl.rewards import loading
+from ebmrl.rewards import reward_models
 from ebmrl.rewards.answer import AnswerReward, clip_unit, make_bert_scorer
 
 REF = "Fire on the ground, get back now."
@@ -91,7 +91,7 @@ def test_scorer_from_params(tiny_models):
             "rewards": {"answer": {"batch_size": 7}},
         }
     )
-    scorer = loading.answer_scorer(params)
+    scorer = reward_models.answer_scorer(params)
     assert scorer.num_layers == 1 and scorer.batch_size == 7
     assert AnswerReward(scorer).score([wrap(REF)], [REF]).values[0] == pytest.approx(1.0, abs=1e-5)
 

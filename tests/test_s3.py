@@ -173,7 +173,7 @@ def test_checkpoints_sync_to_s3_and_resume_on_a_fresh_machine(tmp_path, s3_endpo
     from conftest import fake_checkpoint
 
     from ebmrl.train.checkpoint_sync import CheckpointStore, checkpoint_step
-    from ebmrl.train.configs import checkpoint_to_resume
+    from ebmrl.train.trl_args import checkpoint_to_resume
 
     s3fs.S3FileSystem.clear_instance_cache()
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir("ckpt")

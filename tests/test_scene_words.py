@@ -4,8 +4,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ebmrl.data import demo
-from ebmrl.data.scene_words import (
+from ebmrl import demo
+from ebmrl.scene_words import (
     ATTRIBUTES,
     read_statements,
     scene_attributes,

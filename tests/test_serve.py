@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ebmrl.backends.images import frame_to_data_url
-from ebmrl.serve import BadRequest, parse_chat_request
+from ebmrl.edge.http_server import BadRequest, parse_chat_request
 
 BIN = Path(sys.executable).parent
 
@@ -212,7 +212,7 @@ def test_the_local_backend_refuses_the_same_prompts(tiny_vlm_backend):
 
 
 def test_a_body_over_the_limit_is_413(tiny_vlm_backend):
-    from ebmrl.serve import ChatServer
+    from ebmrl.edge.http_server import ChatServer
 
     with ChatServer(tiny_vlm_backend, max_body_bytes=4096) as server:
         big = {"messages": [{"role": "user", "content": "x" * 50_000}], "max_tokens": 2}
@@ -226,7 +226,7 @@ def test_a_full_queue_answers_503_while_health_and_queued_requests_are_served():
     import threading
     import time
 
-    from ebmrl.serve import ChatServer
+    from ebmrl.edge.http_server import ChatServer
 
     backend = GateBackend()
     with ChatServer(backend, max_queue=2) as server:
@@ -256,7 +256,7 @@ def test_a_full_queue_answers_503_while_health_and_queued_requests_are_served():
 def test_connections_over_the_limit_get_503():
     import socket
 
-    from ebmrl.serve import ChatServer
+    from ebmrl.edge.http_server import ChatServer
 
     with ChatServer(GateBackend(), max_connections=2) as server:
         host, port = server.server_address[:2]

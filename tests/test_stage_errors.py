@@ -1,4 +1,4 @@
-"""One error contract for every stage (``ebmrl.exit_codes``): a known bad input exits 2
+"""One error contract for every stage (``ebmrl.edge.exit_codes``): a known bad input exits 2
 with one ``error:`` line naming the file or key, a network failure exits 75, and neither
 prints a traceback; inputs are checked before an MLflow run opens, so a bad input leaves
 no FAILED run behind."""
@@ -16,7 +16,7 @@ import yaml
 
 from ebmrl import cli
 from ebmrl.data.dataset import write_dataset
-from ebmrl.data.demo import profile_book
+from ebmrl.demo import profile_book
 
 BIN = Path(sys.executable).parent
 

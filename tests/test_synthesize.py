@@ -53,8 +53,8 @@ def test_raw_lines_keeps_film_lines_and_traces_split_by_session(tmp_path, demo_s
     # The ground truth of each clip travels with its samples (for perception_accuracy).
     from pathlib import Path
 
-    from ebmrl.data.demo import load_scenes
-    from ebmrl.data.scene_words import scene_attributes
+    from ebmrl.demo import load_scenes
+    from ebmrl.scene_words import scene_attributes
 
     scenes = {s.clip_id: scene_attributes(s) for s in load_scenes(demo_data["scenes"])}
     assert all(s.scene_attributes.known() == scenes[Path(s.video).stem] for s in train + test)

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from ebmrl import video
-from ebmrl.data.scene_words import ATTRIBUTES
 from ebmrl.models import ModelLoadError, load_clip, load_text_encoder_spec, load_vlm
 from ebmrl.models.tiny import QWEN_SPECIAL_TOKENS
 from ebmrl.models.vlm import encode, generate_text, video_messages, vision_pad_token_ids
+from ebmrl.scene_words import ATTRIBUTES
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_clip_training_is_deterministic_and_loads_like_any_open_clip_folder(tmp_
 
 
 def test_clip_training_never_renders_the_demos_clips():
-    from ebmrl.data import demo
+    from ebmrl import demo
     from ebmrl.models.clip_training import render_scenes
     from ebmrl.models.scene_clips import EVAL_STREAM, TRAIN_STREAM, SceneGeometry
 
@@ -197,7 +197,7 @@ def test_clip_training_never_renders_the_demos_clips():
 def test_the_trained_clip_sees_the_demo_clips(tiny_models, demo_data):
     """On the demo's own H.264 clips (never trained on): each clip's reference perception
     is closest to its own frames, and a wrong colour or danger lowers the CLIP reward."""
-    from ebmrl.data import demo
+    from ebmrl import demo
     from ebmrl.rewards.clip import OpenClipEncoder, max_frame_similarity
 
     encoder = OpenClipEncoder.load(str(tiny_models["clip"]))
@@ -314,7 +314,7 @@ def test_caption_pretraining_is_deterministic_lowers_its_loss_and_loads_by_path(
 
 
 def test_caption_scenes_are_never_the_demos_clips():
-    from ebmrl.data import demo
+    from ebmrl import demo
     from ebmrl.models.caption_training import CLIP_SECONDS
     from ebmrl.models.scene_clips import EVAL_STREAM, TRAIN_STREAM, SceneGeometry, render_clips
 

@@ -3,8 +3,8 @@ import os
 import pytest
 import yaml
 
-from ebmrl import tracking
 from ebmrl.config import TrackingSection
+from ebmrl.edge import tracking
 
 
 def test_flatten_and_truncate():

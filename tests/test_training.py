@@ -22,9 +22,9 @@ from ebmrl.frame_store import MissingClipError
 from ebmrl.models import load_vlm
 from ebmrl.schema import load_profiles
 from ebmrl.train.grpo import nonfinite_guard, train_grpo
-from ebmrl.train.inputs import TrainingInputs
 from ebmrl.train.sft import EmptyTrainingSet, train_sft
 from ebmrl.train.summary import reward_summary, window_means
+from ebmrl.train.training_set import TrainingInputs
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -58,7 +58,8 @@ GRPO_SETTINGS = {
 def demo_training_set(tmp_path_factory, tiny_models):
     """A larger demo than the session one (the format must be learnable from it): rendered,
     ingested and framed with the real stage functions."""
-    from ebmrl.data import demo, frames, ingest
+    from ebmrl import demo
+    from ebmrl.data import frames, ingest
 
     root = tmp_path_factory.mktemp("training_demo")
     paths = demo.generate(root / "demo", seed=1, num_clips=16, num_sessions=4, samples_per_clip=2)
@@ -251,9 +252,9 @@ def test_a_sample_whose_clip_has_no_frames_fails_before_training(tmp_path, tiny_
 def test_pcg_scores_with_the_trainers_reference_model(tmp_path, tiny_models, inputs):
     from datasets import Dataset
 
-    from ebmrl.train.configs import grpo_args
+    from ebmrl.prompts.conversation import grpo_row
     from ebmrl.train.grpo import reference_model
-    from ebmrl.train.prompting import grpo_row
+    from ebmrl.train.trl_args import grpo_args
     from ebmrl.train.video_grpo import VideoGRPOTrainer
 
     def build(beta: float):
@@ -459,7 +460,7 @@ def test_grpo_runs_under_accelerate_with_two_cpu_processes(
 
 
 def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
-    from ebmrl.train.configs import checkpoint_to_resume, run_fingerprint
+    from ebmrl.train.trl_args import checkpoint_to_resume, run_fingerprint
 
     folder = tmp_path / "checkpoints"
     first = run_fingerprint(lr=1e-4, rows=["a"])
@@ -506,7 +507,7 @@ def test_resume_loads_every_weight_of_the_checkpoint(tmp_path, tiny_models, sft_
 
 
 def test_a_code_change_makes_a_new_run_but_an_unrelated_one_does_not(tmp_path):
-    from ebmrl.train.configs import training_code_identity
+    from ebmrl.train.trl_args import training_code_identity
 
     (tmp_path / "train").mkdir()
     (tmp_path / "eval").mkdir()

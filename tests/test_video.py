@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebmrl import config, video
-from ebmrl.data.demo import load_scenes
+from ebmrl.demo import load_scenes
 from ebmrl.video import VideoError
 
 

@@ -1,6 +1,6 @@
 """A reward of a user's, added through params.yaml alone (tests/test_rewards_trl.py)."""
 
-from ebmrl.rewards.base import RewardBatch
+from ebmrl.rewards.reward_batch import RewardBatch
 from ebmrl.tags import as_text
 
 

@@ -21,9 +21,9 @@ from ebmrl.backends import BackendError, ChatRequest, GenerationClient, Message,
 from ebmrl.config import DecodingSection
 from ebmrl.eval.outputs import SystemOutput
 from ebmrl.frame_store import FrameStore, FrameStoreError, MissingClipError
+from ebmrl.prompts.conversation import TRAINING_TEMPLATES, build_prompt, prompt_id
 from ebmrl.schema import ProfileBook, Sample
 from ebmrl.tags import DEFAULT_TAGS, TagNames
-from ebmrl.train.prompting import TRAINING_TEMPLATES, build_prompt, prompt_id
 
 GREEDY = DecodingSection()
 # evaluate.systems[].prompt -> (output format, closing request) prompt templates: ours

@@ -48,8 +48,8 @@ from ebmrl import prompts
 from ebmrl.backends import BackendError, ChatRequest, GenerationClient, Message, cache_key
 from ebmrl.backends.cache import ResponseCache
 from ebmrl.eval.outputs import SystemOutput
+from ebmrl.prompts.conversation import character_sheet, prompt_id
 from ebmrl.schema import ProfileBook, Sample, history_text
-from ebmrl.train.prompting import character_sheet, prompt_id
 
 
 # ------------------------------------------------------------------------- metrics

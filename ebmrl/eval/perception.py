@@ -5,7 +5,7 @@ rendered clips), each known attribute the perception speaks of is either stated
 correctly (every value it states for it is the true one) or stated wrongly (it states a
 value the clip does not show: a hallucination); attributes it does not mention are
 neither. Values are read with the attribute vocabulary and its synonyms
-(``ebmrl.data.scene_words.read_statements``), so "two teal silhouettes on a gloomy
+(``ebmrl.scene_words.read_statements``), so "two teal silhouettes on a gloomy
 cobalt backdrop" counts as much as the demo's own wording.
 
 - ``perception_accuracy``: correctly stated attributes / known attributes;
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ebmrl.data.scene_words import ATTRIBUTES, read_statements
+from ebmrl.scene_words import ATTRIBUTES, read_statements
 
 
 def perception_scores(

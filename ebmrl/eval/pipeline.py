@@ -3,68 +3,31 @@
 ``generate_all``: each system's outputs (cached), one model at a time.
 ``evaluate_outputs``: automatic metrics over every sample, the judge (listwise, optional
 pairwise) over the judged subset, summaries, and the per-sample records of the report.
-``judge_backend`` builds the judge's backend, optionally behind a local HTTP server.
 ``judge_contexts`` gives the judge each sample with its frames (from the raw clip, or
 the stored policy frames).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ebmrl.backends import Backend, GenerationClient, make_backend
-from ebmrl.config import DecodingSection, EvalSystemSection, JudgeSection, ModelsSection
-from ebmrl.eval import auto_metrics, evaluation
-from ebmrl.eval.frames import clip_judge_frames, jpeg_data_url, judge_frames, shrink
+from ebmrl.backends import GenerationClient
+from ebmrl.config import DecodingSection, EvalSystemSection
+from ebmrl.eval import auto_metrics, summaries
+from ebmrl.eval.frame_samples import clip_judge_frames, jpeg_data_url, judge_frames, shrink
 from ebmrl.eval.generation import GREEDY, ClipFrames, generate_outputs, outputs_by_sample
 from ebmrl.eval.judge import METRICS, Judge, JudgeContext
 from ebmrl.eval.outputs import SystemOutput
 from ebmrl.eval.subset import seeded_subset
 from ebmrl.frame_store import FrameStore, MissingClipError
+from ebmrl.prompts.conversation import prompt_id
 from ebmrl.schema import ProfileBook, Sample
 from ebmrl.tags import DEFAULT_TAGS, TagNames
-from ebmrl.train.prompting import prompt_id
 from ebmrl.video import VideoError, spread_frames
-
-
-# ---------------------------------------------------------------------- backends
-@contextlib.contextmanager
-def judge_backend(section: JudgeSection, models: ModelsSection) -> Iterator[Backend]:
-    """The judge's backend; with ``serve_local`` the local model is served by
-    ``ebmrl.serve.ChatServer`` on 127.0.0.1 (any free port) and reached over HTTP, the
-    path a vLLM or hosted judge takes. The server stops when the block ends."""
-    backend = make_backend(section.backend, models)
-    if not section.serve_local:
-        try:
-            yield backend
-        finally:
-            backend.close()
-        return
-    from ebmrl.backends.openai_http import OpenAIHTTPBackend
-    from ebmrl.serve import ChatServer
-
-    server = ChatServer(
-        backend, model_name=backend.model_id, max_tokens_limit=max(4096, section.max_tokens)
-    ).start()
-    http = OpenAIHTTPBackend(
-        server.url,
-        backend.model_id,  # the served model's fingerprint: part of every cache key
-        api_key_env=None,
-        timeout_s=section.backend.timeout_s,
-        image_format=section.backend.image_format,
-        max_concurrency=1,
-    )
-    try:
-        yield http
-    finally:
-        http.close()
-        server.stop()
-        backend.close()
 
 
 # -------------------------------------------------------------------- evaluation
@@ -241,11 +204,11 @@ def evaluate_outputs(
             with_frames=any(METRICS[m].sees_frames for m in judge_metrics),
         )
     )
-    judgements: dict[str, evaluation.SampleJudgements] | None = None
+    judgements: dict[str, summaries.SampleJudgements] | None = None
     judge_summary = pairwise = None
     protocol = judge.protocol if judge is not None else None
     if judge is not None:
-        judgements = evaluation.judge_samples(
+        judgements = summaries.judge_samples(
             judge,
             {key: contexts[key] for key in judged},
             outputs,
@@ -254,9 +217,9 @@ def evaluate_outputs(
             concurrency=judge_concurrency,
             progress=progress,
         )
-        judge_summary = evaluation.judge_summary(judgements, systems, judge_metrics, protocol)
+        judge_summary = summaries.judge_summary(judgements, systems, judge_metrics, protocol)
         pairwise = (
-            evaluation.pairwise_summary(judgements, pairs, judge_metrics, protocol)
+            summaries.pairwise_summary(judgements, pairs, judge_metrics, protocol)
             if pairs
             else None
         )
@@ -266,7 +229,7 @@ def evaluate_outputs(
         frames = clips.of(s)
         thumbs = [] if frames is None or not report_frames else _thumbnails(frames, report_frames)
         records.append(
-            evaluation.sample_record(
+            summaries.sample_record(
                 contexts[key],
                 outputs[key],
                 judgements.get(key) if judgements is not None else None,
@@ -277,7 +240,7 @@ def evaluate_outputs(
             )
         )
     stats = dict(judge.stats) if judge is not None else {}
-    metrics = evaluation.metrics_file(
+    metrics = summaries.metrics_file(
         samples=len(samples),
         systems=systems,
         judge=judge_summary,
@@ -293,7 +256,7 @@ def evaluate_outputs(
         pairwise=pairwise,
         records=records,
         metrics=metrics,
-        plot_rows=evaluation.plot_rows(metrics),
+        plot_rows=summaries.plot_rows(metrics),
         judge_stats=stats,
         judge_protocol=protocol,
         judged=judged,

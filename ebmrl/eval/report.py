@@ -1,6 +1,6 @@
 """The evaluation as one static HTML page that renders offline (no script, no CDN).
 
-``render_report(data)`` turns the evaluation's data (see ``ebmrl.eval.evaluation``:
+``render_report(data)`` turns the evaluation's data (see ``ebmrl.eval.summaries``:
 summaries, per-sample records with inline frame thumbnails) into a self-contained page:
 what the run is (for the offline demo: tiny models, synthetic clips), what training
 changed (perception against the clips' ground truth and the rewards, per system, and

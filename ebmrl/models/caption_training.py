@@ -8,7 +8,7 @@ reward can show the method working.
 
 ``train_captions`` pretrains it on clips of the demo's scene grammar rendered with seeds
 of their own (never the demo's clips), each paired with a caption in varied words
-(``ebmrl.data.scene_words``), under a plain instruction and the chat template, with no
+(``ebmrl.scene_words``), under a plain instruction and the chat template, with no
 role-play prompt and no tags: the base still knows nothing of the format (it scores -5
 on it), but what it writes about a clip now depends on the clip. ``evaluate_captions``
 reads greedy captions of held-out scenes back with the scene vocabulary: the share of
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ebmrl.config import TinyVlmSection
-from ebmrl.data import scene_words
+from ebmrl import scene_words
 from ebmrl.io import atomic_path
 from ebmrl.models.scene_clips import (
     DEMO_GEOMETRY,

@@ -1,10 +1,10 @@
 """Teach the tiny CLIP to see the demo's scenes: contrastive training on rendered frames.
 
 A random-weight CLIP makes the CLIP reward noise. The demo's clips are drawn from a known
-scene grammar (``ebmrl.data.demo``), so a tiny CLIP can learn to see them for real:
+scene grammar (``ebmrl.demo``), so a tiny CLIP can learn to see them for real:
 ``train_clip`` renders frames of scenes from that grammar, with seeds of its own (never
 the demo's evaluation clips), pairs each with a caption stating some of its attributes in
-varied words (``ebmrl.data.scene_words``), and trains image and text towers with the
+varied words (``ebmrl.scene_words``), and trains image and text towers with the
 symmetric InfoNCE loss. A caption that states only some attributes is true of every frame
 that shares them, so the targets are all consistent pairs of the batch, not just the
 diagonal (motion is not visible in a single frame: it never decides a pair).
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ebmrl.config import TinyClipSection
-from ebmrl.data import scene_words
+from ebmrl import scene_words
 from ebmrl.io import atomic_path
 from ebmrl.models.scene_clips import (
     DEMO_GEOMETRY,

@@ -1,7 +1,7 @@
 """Clips of the demo's scene grammar rendered for pretraining the tiny models.
 
 Both tiny models that learn to see (the CLIP, ``clip_training``; the VLM,
-``caption_training``) train on scenes drawn from the demo's grammar (``ebmrl.data.demo``)
+``caption_training``) train on scenes drawn from the demo's grammar (``ebmrl.demo``)
 and rendered with seeds of their own, so they never see the demo's evaluation clips.
 """
 
@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from ebmrl.data import demo, scene_words
+from ebmrl import scene_words
+
+from ebmrl import demo
 
 # Seed streams of their own (see ``scene_seeds``).
 TRAIN_STREAM, EVAL_STREAM = 0xC11F_0001, 0xC11F_0002

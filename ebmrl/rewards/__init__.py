@@ -15,10 +15,10 @@ completion + diagnostics) out, expensive state injected.
 
 from ebmrl.rewards.aggregate import combine
 from ebmrl.rewards.answer import AnswerReward
-from ebmrl.rewards.base import RewardBatch
 from ebmrl.rewards.clip import ClipReward, max_frame_similarity, sentence_topk_similarity
 from ebmrl.rewards.format import FormatReward, format_score
 from ebmrl.rewards.pcg import PerceptualCognitiveReward
+from ebmrl.rewards.reward_batch import RewardBatch
 
 __all__ = [
     "AnswerReward",

@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ebmrl.rewards.base import RewardBatch, check_lengths, completion_texts, rate
+from ebmrl.rewards.reward_batch import RewardBatch, check_lengths, completion_texts, rate
 from ebmrl.tags import DEFAULT_TAGS, first_block
 
 FREE_FORM = "free-form"

@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from ebmrl.frame_store import FrameStore, l2_normalise
-from ebmrl.rewards.base import RewardBatch, check_lengths, completion_texts, rate
+from ebmrl.rewards.reward_batch import RewardBatch, check_lengths, completion_texts, rate
 from ebmrl.rewards.sentences import SentenceRule, split_sentences
 from ebmrl.tags import DEFAULT_TAGS, first_block
 

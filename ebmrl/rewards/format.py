@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ebmrl.rewards.base import RewardBatch, completion_texts, rate
+from ebmrl.rewards.reward_batch import RewardBatch, completion_texts, rate
 from ebmrl.tags import DEFAULT_TAGS, as_text, ordered_blocks
 
 TAG_ONCE_BONUS = 0.5

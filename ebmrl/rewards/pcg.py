@@ -35,8 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ebmrl.rewards.base import RewardBatch, check_lengths, completion_texts, rate
 from ebmrl.rewards.leak import LeakFilter
+from ebmrl.rewards.reward_batch import RewardBatch, check_lengths, completion_texts, rate
 from ebmrl.tags import DEFAULT_TAGS, ordered_blocks
 
 BASELINE_PREFIX = ""

@@ -33,11 +33,11 @@ from typing import Any
 from ebmrl.config import BUILTIN_REWARDS, RewardsSection
 from ebmrl.frame_store import FrameStore
 from ebmrl.rewards.answer import AnswerReward, F1Scorer
-from ebmrl.rewards.base import RewardBatch
 from ebmrl.rewards.clip import ClipReward, ClipTextEncoder
 from ebmrl.rewards.format import FormatReward
 from ebmrl.rewards.leak import Embed, LeakFilter
 from ebmrl.rewards.pcg import LikelihoodScorer, PerceptualCognitiveReward
+from ebmrl.rewards.reward_batch import RewardBatch
 from ebmrl.tags import TagNames
 
 RewardFunction = Callable[..., "Sequence[float | None] | RewardBatch"]

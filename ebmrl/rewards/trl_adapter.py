@@ -35,8 +35,8 @@ from typing import Any
 
 from ebmrl.config import RewardsSection
 from ebmrl.rewards.aggregate import Aggregation, combine
-from ebmrl.rewards.base import RewardBatch
 from ebmrl.rewards.registry import RewardFunction, RewardModels, reward_functions
+from ebmrl.rewards.reward_batch import RewardBatch
 from ebmrl.tags import DEFAULT_TAGS, TagNames
 
 # TRL 1.16: the epsilon under every standard deviation in GRPOTrainer's advantages.

@@ -40,7 +40,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.data.annotate import AnnotateSettings, annotate_clips
     from ebmrl.data.ingest import read_manifest
     from ebmrl.data.jsonl import write_jsonl
-    from ebmrl.exit_codes import EXIT_TRANSIENT
+    from ebmrl.edge.exit_codes import EXIT_TRANSIENT
     from ebmrl.frame_store import ShardedFrameStore, require_clips
     from ebmrl.io import write_json
 

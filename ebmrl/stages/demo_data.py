@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
-    from ebmrl.data import demo
+    from ebmrl import demo
 
     section = params.demo
     started = time.perf_counter()

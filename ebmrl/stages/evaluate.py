@@ -22,9 +22,11 @@ authors' averages beside ours, each labelled with its protocol.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ebmrl.config import Params
@@ -105,8 +107,43 @@ def _about(section, models, judge_section, judged: bool, samples) -> dict:
     }
 
 
+@contextlib.contextmanager
+def judge_backend(section, models) -> Iterator:
+    """The judge's backend; with ``serve_local`` the local model is served by
+    ``ebmrl.edge.http_server.ChatServer`` on 127.0.0.1 (any free port) and reached over HTTP, the
+    path a vLLM or hosted judge takes. The server stops when the block ends."""
+    from ebmrl.backends import make_backend
+
+    backend = make_backend(section.backend, models)
+    if not section.serve_local:
+        try:
+            yield backend
+        finally:
+            backend.close()
+        return
+    from ebmrl.backends.openai_http import OpenAIHTTPBackend
+    from ebmrl.edge.http_server import ChatServer
+
+    server = ChatServer(
+        backend, model_name=backend.model_id, max_tokens_limit=max(4096, section.max_tokens)
+    ).start()
+    http = OpenAIHTTPBackend(
+        server.url,
+        backend.model_id,  # the served model's fingerprint: part of every cache key
+        api_key_env=None,
+        timeout_s=section.backend.timeout_s,
+        image_format=section.backend.image_format,
+        max_concurrency=1,
+    )
+    try:
+        yield http
+    finally:
+        http.close()
+        server.stop()
+        backend.close()
+
+
 def run(params: Params, args: argparse.Namespace) -> int:
-    from ebmrl import tracking
     from ebmrl.backends import (
         GenerationClient,
         ResponseCache,
@@ -115,6 +152,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
         system_backend,
     )
     from ebmrl.data.dataset import load_dataset_profiles, load_split
+    from ebmrl.edge import tracking
     from ebmrl.eval import pipeline
     from ebmrl.eval.generation import load_clip_frames
     from ebmrl.eval.judge import Judge
@@ -203,7 +241,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
                 progress=True,
             )
             if judged:
-                with pipeline.judge_backend(judge_section, models) as backend:
+                with judge_backend(judge_section, models) as backend:
                     client = GenerationClient(backend, None, retry_policy(judge_section.backend))
                     judge = Judge(
                         client,

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
-    from ebmrl import tracking
+    from ebmrl.edge import tracking
     from ebmrl.io import write_json
     from ebmrl.stages.inputs import prepare_training_stage
     from ebmrl.train.checkpoint_sync import checkpoints_uri
@@ -44,7 +44,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
     section, models = params.grpo, params.models
     started = time.perf_counter()
     if section.use_vllm:
-        from ebmrl.exit_codes import EXIT_INVALID
+        from ebmrl.edge.exit_codes import EXIT_INVALID
         from ebmrl.train.vllm_video import vllm_unavailable_reason
 
         reason = vllm_unavailable_reason()

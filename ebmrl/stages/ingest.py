@@ -76,7 +76,7 @@ def check_inputs(source: str, records: list[str], args: argparse.Namespace) -> N
 def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.data import ingest
     from ebmrl.data.jsonl import write_samples
-    from ebmrl.exit_codes import EXIT_INVALID
+    from ebmrl.edge.exit_codes import EXIT_INVALID
     from ebmrl.io import write_json
 
     section = params.ingest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ebmrl.data.dataset import load_dataset_profiles, load_split
 from ebmrl.frame_store import ShardedFrameStore
-from ebmrl.train.inputs import TrainingInputs
+from ebmrl.train.training_set import TrainingInputs
 
 
 def load_training_inputs(dataset_dir: str, frames_dir: str) -> TrainingInputs:

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted"
     )
-    # Defaults: ebmrl.serve (16 MiB, 8, 64), not imported here to keep the CLI light.
+    # Defaults: ebmrl.edge.http_server (16 MiB, 8, 64), not imported here to keep the CLI light.
     parser.add_argument(
         "--max-body-mb", type=float, help="largest request body in MiB; larger: 413 (16)"
     )
@@ -62,9 +62,9 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
-    from ebmrl import serve
     from ebmrl.backends.local import LocalVLMBackend
-    from ebmrl.serve import ChatServer, Faults
+    from ebmrl.edge import http_server
+    from ebmrl.edge.http_server import ChatServer, Faults
 
     models = params.models
     model = args.model or models.vlm
@@ -93,11 +93,11 @@ def run(params: Params, args: argparse.Namespace) -> int:
             port=args.port,
             faults=faults,
             max_tokens_limit=args.max_tokens_limit,
-            max_body_bytes=serve.MAX_BODY_BYTES
+            max_body_bytes=http_server.MAX_BODY_BYTES
             if args.max_body_mb is None
             else int(args.max_body_mb * (1 << 20)),
-            max_queue=serve.MAX_QUEUE if args.max_queue is None else args.max_queue,
-            max_connections=serve.MAX_CONNECTIONS
+            max_queue=http_server.MAX_QUEUE if args.max_queue is None else args.max_queue,
+            max_connections=http_server.MAX_CONNECTIONS
             if args.max_connections is None
             else args.max_connections,
             verbose=args.verbose,

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
-    from ebmrl import tracking
+    from ebmrl.edge import tracking
     from ebmrl.io import write_json
     from ebmrl.stages.inputs import prepare_training_stage
     from ebmrl.train.checkpoint_sync import checkpoints_uri

@@ -50,7 +50,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.data.ingest import read_manifest
     from ebmrl.data.jsonl import read_annotations, read_samples
     from ebmrl.data.split import split_by_session
-    from ebmrl.exit_codes import EXIT_INVALID
+    from ebmrl.edge.exit_codes import EXIT_INVALID
     from ebmrl.io import write_json
     from ebmrl.schema import load_profiles
 

@@ -29,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> int:
-    from ebmrl import tracking
     from ebmrl.backends import (
         GenerationClient,
         ResponseCache,
@@ -38,6 +37,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
         system_backend,
     )
     from ebmrl.data.jsonl import write_jsonl
+    from ebmrl.edge import tracking
     from ebmrl.eval.videoqa import load_benchmark, nextqa_group
     from ebmrl.eval.videoqa.scoring import (
         FrameReader,

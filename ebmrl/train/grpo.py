@@ -10,9 +10,13 @@ from typing import Any
 
 from ebmrl.config import Params
 from ebmrl.frame_store import FrameStore, require_clips
+from ebmrl.prompts.conversation import grpo_row
 from ebmrl.tags import DEFAULT_TAGS
 from ebmrl.train.checkpoint_sync import CheckpointStore, sync_callback
-from ebmrl.train.configs import (
+from ebmrl.train.saving import save_final_model
+from ebmrl.train.summary import reward_summary
+from ebmrl.train.training_set import EmptyTrainingSet, TrainingInputs
+from ebmrl.train.trl_args import (
     checkpoint_to_resume,
     grpo_args,
     lora_config,
@@ -20,10 +24,6 @@ from ebmrl.train.configs import (
     run_fingerprint,
     training_code_identity,
 )
-from ebmrl.train.inputs import EmptyTrainingSet, TrainingInputs
-from ebmrl.train.prompting import grpo_row
-from ebmrl.train.saving import save_final_model
-from ebmrl.train.summary import reward_summary
 from ebmrl.train.video_grpo import VideoGRPOTrainer
 
 
@@ -63,18 +63,18 @@ def nonfinite_guard(func: Any) -> Any:
 def build_rewards(params: Params, frame_store: FrameStore, processor: Any):
     """Reward functions (loading only the reward models whose weight is not 0) and the PCG
     scorer, whose model is bound once the trainer (and its reference model) exists."""
-    from ebmrl.rewards import loading
+    from ebmrl.rewards import reward_models
     from ebmrl.rewards.registry import RewardModels
     from ebmrl.rewards.trl_adapter import build_reward_funcs
 
     weights = params.rewards.weights
-    pcg = loading.pcg_scorer(params, None, processor, frame_store) if weights["pcg"] else None
+    pcg = reward_models.pcg_scorer(params, None, processor, frame_store) if weights["pcg"] else None
     models = RewardModels(
-        clip_encoder=loading.clip_encoder(params) if weights["clip"] else None,
+        clip_encoder=reward_models.clip_encoder(params) if weights["clip"] else None,
         frame_store=frame_store,
-        answer_scorer=loading.answer_scorer(params) if weights["answer"] else None,
+        answer_scorer=reward_models.answer_scorer(params) if weights["answer"] else None,
         pcg_scorer=pcg,
-        sentence_embedder=loading.sentence_embedder(params) if weights["pcg"] else None,
+        sentence_embedder=reward_models.sentence_embedder(params) if weights["pcg"] else None,
     )
     setup = build_reward_funcs(params.rewards, params.tag_names(), models)
     return setup, pcg

@@ -9,9 +9,13 @@ from typing import Any
 
 from ebmrl.config import ModelsSection, SftSection
 from ebmrl.frame_store import require_clips
+from ebmrl.prompts.conversation import TargetLayout, sft_row
 from ebmrl.tags import DEFAULT_TAGS
 from ebmrl.train.checkpoint_sync import CheckpointStore, sync_callback
-from ebmrl.train.configs import (
+from ebmrl.train.format_check import greedy_format_scores
+from ebmrl.train.saving import save_final_model
+from ebmrl.train.training_set import EmptyTrainingSet, TrainingInputs
+from ebmrl.train.trl_args import (
     checkpoint_to_resume,
     lora_config,
     model_identity,
@@ -19,10 +23,6 @@ from ebmrl.train.configs import (
     sft_args,
     training_code_identity,
 )
-from ebmrl.train.format_check import greedy_format_scores
-from ebmrl.train.inputs import EmptyTrainingSet, TrainingInputs
-from ebmrl.train.prompting import TargetLayout, sft_row
-from ebmrl.train.saving import save_final_model
 from ebmrl.train.video_sft import VideoSFTCollator
 
 __all__ = ["EmptyTrainingSet", "SftResult", "sft_rows", "train_sft"]

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ebmrl.data.scene_words import scene_attributes
 from ebmrl.io import atomic_path, write_json
+from ebmrl.scene_words import scene_attributes
 from ebmrl.schema import (
     CharacterProfile,
     ProfileBook,

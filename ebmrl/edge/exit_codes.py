@@ -69,9 +69,9 @@ _INVALID_CLASSES = {
     "ebmrl.models.loading": ("ModelLoadError",),
     "ebmrl.data.synthesize": ("SynthesisError",),
     "ebmrl.eval.videoqa.formats": ("AnnotationError",),
-    "ebmrl.train.inputs": ("EmptyTrainingSet",),
+    "ebmrl.train.training_set": ("EmptyTrainingSet",),
     # A stage asked to log to MLflow where the pipeline extra is not installed.
-    "ebmrl.tracking": ("TrackingUnavailable",),
+    "ebmrl.edge.tracking": ("TrackingUnavailable",),
 }
 
 

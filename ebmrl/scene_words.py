@@ -1,6 +1,6 @@
 """The words of the demo's scene grammar: writing captions and reading statements back.
 
-A demo clip is drawn from six attributes (``ebmrl.data.demo.Scene``): the background
+A demo clip is drawn from six attributes (``ebmrl.demo.Scene``): the background
 colour, the lighting, the number of figures, their colour, their motion and whether fire
 (danger) is visible. This module holds the vocabulary of those attributes, with synonyms
 for every value, and its two uses:
@@ -153,7 +153,7 @@ def read_statements(text: object) -> dict[str, set[Any]]:
         elif role == "place":
             stated["background"].add(colour)
     stated["lighting"] = {v for _, _, v in _consume(tokens, LIGHTING_WORDS)}
-    for start, end, value in _consume(tokens, COUNT_WORDS):
+    for _start, end, value in _consume(tokens, COUNT_WORDS):
         if _noun_after(tokens, end) == "figure":
             stated["figures"].add(value)
     for i, token in enumerate(tokens):  # "a figure", "an orange figure": one
