@@ -21,8 +21,8 @@ def main() -> None:
     from ebmrl.backends import ChatRequest, GenerationClient, map_concurrent
     from ebmrl.backends.local import LocalVLMBackend
     from ebmrl.backends.openai_http import OpenAIHTTPBackend
+    from ebmrl.edge.http_server import ChatServer, Faults
     from ebmrl.models import tiny
-    from ebmrl.serve import ChatServer, Faults
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 32
     latency = float(sys.argv[2]) if len(sys.argv) > 2 else 0.25

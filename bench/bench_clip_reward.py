@@ -76,8 +76,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from ebmrl import video
-    from ebmrl.data import demo
+    from ebmrl import demo, video
     from ebmrl.frame_store import MemoryFrameStore
     from ebmrl.models import tiny
     from ebmrl.rewards.clip import ClipReward, OpenClipEncoder

@@ -45,7 +45,8 @@ def paper_params():
     """params.yaml with profiles/paper.yaml merged in (what ``ebmrl profile paper`` writes)."""
     import yaml
 
-    from ebmrl import config, profiles
+    from ebmrl import config
+    from ebmrl.edge import profiles
 
     base = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     overlay = profiles.read_overlay(profiles.profile_path("paper"))

@@ -20,13 +20,12 @@ from pathlib import Path
 
 def demo_inputs(root: Path, clip_path: str):
     """Demo clips and samples with their frames and CLIP embeddings in memory."""
-    from ebmrl import video
-    from ebmrl.data import demo
+    from ebmrl import demo, video
     from ebmrl.data.split import split_by_session
     from ebmrl.frame_store import MemoryFrameStore
     from ebmrl.rewards.clip import OpenClipEncoder
     from ebmrl.schema import load_profiles, load_released
-    from ebmrl.train.inputs import TrainingInputs
+    from ebmrl.train.training_set import TrainingInputs
 
     paths = demo.generate(root / "demo", seed=0, num_clips=8, num_sessions=4)
     encoder = OpenClipEncoder.load(clip_path)

@@ -56,8 +56,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from ebmrl import video
-    from ebmrl.data import demo
+    from ebmrl import demo, video
     from ebmrl.frame_store import MemoryFrameStore
     from ebmrl.models import load_vlm, tiny
     from ebmrl.models.vlm import video_messages

@@ -42,12 +42,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from ebmrl import config, video
-    from ebmrl.data import demo
+    from ebmrl import config, demo, video
     from ebmrl.frame_store import MemoryFrameStore
     from ebmrl.models import load_vlm, tiny
     from ebmrl.models.vlm import video_messages
-    from ebmrl.rewards import loading
+    from ebmrl.rewards import reward_models
     from ebmrl.rewards.registry import RewardModels
     from ebmrl.rewards.trl_adapter import build_reward_funcs
 
@@ -68,7 +67,7 @@ def main() -> None:
                 },
             }
         )
-        clip_encoder = loading.clip_encoder(params)
+        clip_encoder = reward_models.clip_encoder(params)
         store = MemoryFrameStore()
         for path in sorted(data["videos"].glob("*.mp4")):
             frames, _, _ = video.sample_frames(path)
@@ -77,9 +76,9 @@ def main() -> None:
         models = RewardModels(
             clip_encoder=clip_encoder,
             frame_store=store,
-            answer_scorer=loading.answer_scorer(params),
-            pcg_scorer=loading.pcg_scorer(params, model, processor, store),
-            sentence_embedder=loading.sentence_embedder(params),
+            answer_scorer=reward_models.answer_scorer(params),
+            pcg_scorer=reward_models.pcg_scorer(params, model, processor, store),
+            sentence_embedder=reward_models.sentence_embedder(params),
         )
         setup = build_reward_funcs(params.rewards, params.tag_names(), models)
 

@@ -103,12 +103,12 @@ def run_size(
     from transformers import AutoProcessor, Qwen2VLVideoProcessor
     from trl import GRPOConfig
 
-    from ebmrl.data import demo
+    from ebmrl import demo
     from ebmrl.frame_store import MemoryFrameStore
     from ebmrl.models import tiny
+    from ebmrl.prompts.conversation import build_prompt
     from ebmrl.rewards.trl_adapter import format_reward_func
     from ebmrl.schema import Sample, Turn
-    from ebmrl.train.prompting import build_prompt
     from ebmrl.train.video_grpo import VideoGRPOTrainer
 
     processor_dir = workdir / "processor"

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ebmrl.exit_codes import EXIT_INVALID, EXIT_TRANSIENT
+from ebmrl.edge.exit_codes import EXIT_INVALID, EXIT_TRANSIENT
 
 TAIL_LINES = 40  # output lines kept for the failure message
 

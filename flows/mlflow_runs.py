@@ -1,7 +1,7 @@
 """The pipeline's MLflow parent run: stage runs (sft, grpo, evaluate) nest under it.
 
 The flow opens the run before the first stage and hands its id to every stage through
-``EBMRL_PARENT_RUN_ID`` (read by ``ebmrl.tracking``), together with the resolved
+``EBMRL_PARENT_RUN_ID`` (read by ``ebmrl.edge.tracking``), together with the resolved
 tracking URI and experiment, so the parent and its children always land in one store.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ebmrl.config import load
-from ebmrl.tracking import PARENT_ENV, flatten, git_commit, training_experiment_id
+from ebmrl.edge.tracking import PARENT_ENV, flatten, git_commit, training_experiment_id
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ebmrl.exit_codes import EXIT_INVALID, RESTORE_ONLY_ENV
+from ebmrl.edge.exit_codes import EXIT_INVALID, RESTORE_ONLY_ENV
 from flows.commands import CommandFailed, command_env, dvc, repro_stage_command, run_checked
 
 REMOTE_NAME = "pipeline"  # the remote's name in a workspace's .dvc/config.local
