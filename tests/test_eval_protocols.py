@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ink, no_external_resources, require_chromium, screenshot
+from conftest import fixture_benchmark, ink, no_external_resources, require_chromium, screenshot
 
 from ebmrl.backends import GenerationClient, RetryPolicy
 from ebmrl.backends.openai_http import OpenAIHTTPBackend
@@ -33,7 +33,6 @@ from ebmrl.eval.pairwise import PairTally, binomial_p_value
 from ebmrl.eval.report import render_report
 from ebmrl.eval.subset import seeded_subset
 from ebmrl.eval.summaries import judge_samples, judge_summary, pairwise_summary
-from ebmrl.eval.videoqa import load_benchmark
 from ebmrl.eval.videoqa.parsing import exact_match, parse_choice
 from ebmrl.eval.videoqa.scoring import (
     FrameReader,
@@ -395,28 +394,6 @@ AUTHORS_SCRIPT = {
 }
 
 
-def load(name, videos, **overrides):
-    specs = {
-        "activitynet_qa": dict(
-            format="activitynet_qa",
-            annotations=FIXTURES / "activitynet_qa/test_q.json",
-            answers=FIXTURES / "activitynet_qa/test_a.json",
-        ),
-        "nextqa": dict(
-            format="nextqa",
-            annotations=FIXTURES / "nextqa/test.csv",
-            video_map=FIXTURES / "nextqa/map_vid_vidorID.json",
-        ),
-        "pororoqa": dict(
-            format="pororoqa",
-            annotations=FIXTURES / "pororoqa/pororo_qa.json",
-            video_map=FIXTURES / "pororoqa/video_map.json",
-        ),
-    }
-    spec = {**specs[name], **overrides}
-    return load_benchmark(spec.pop("format"), spec.pop("annotations"), videos, name=name, **spec)
-
-
 def test_videoqa_authors_exact_match_beside_our_parser(demo_data):
     videos = demo_data["videos"]
     reader = FrameReader(count=4, max_pixels=100_352)
@@ -429,7 +406,12 @@ def test_videoqa_authors_exact_match_beside_our_parser(demo_data):
     figures = {}
     for name in ("activitynet_qa", "nextqa", "pororoqa"):
         results = answer_questions(
-            load(name, videos), "s", scripted, reader, tags=AUTHORS_TAGS, protocol="authors"
+            fixture_benchmark(name, videos),
+            "s",
+            scripted,
+            reader,
+            tags=AUTHORS_TAGS,
+            protocol="authors",
         )
         figures[name] = summarize(results)
         if name == "nextqa":
@@ -452,7 +434,7 @@ def test_videoqa_authors_exact_match_beside_our_parser(demo_data):
 
 def test_videoqa_prompts_as_each_protocol_asks(demo_data):
     videos = demo_data["videos"]
-    (item,) = [i for i in load("pororoqa", videos) if i.qid == "lantern_ep1_q2"]
+    (item,) = [i for i in fixture_benchmark("pororoqa", videos) if i.qid == "lantern_ep1_q2"]
     assert len(item.shots) == 4 and all(Path(s).is_file() for s in item.shots)
     frames = np.zeros((2, 28, 28, 3), np.uint8)
     theirs = videoqa_request(item, frames, 16, AUTHORS_TAGS, "authors")
@@ -470,12 +452,15 @@ def test_videoqa_prompts_as_each_protocol_asks(demo_data):
 
 def test_videoqa_subsets_are_seeded(demo_data):
     videos = demo_data["videos"]
-    everything = [i.qid for i in load("nextqa", videos)]
-    first = [i.qid for i in load("nextqa", videos, max_questions=3)]
-    assert first == [i.qid for i in load("nextqa", videos, max_questions=3)]  # same each run
+    everything = [i.qid for i in fixture_benchmark("nextqa", videos)]
+    first = [i.qid for i in fixture_benchmark("nextqa", videos, max_questions=3)]
+    assert first == [
+        i.qid for i in fixture_benchmark("nextqa", videos, max_questions=3)
+    ]  # same each run
     assert len(first) == 3 and first == [q for q in everything if q in first]  # file order
     others = {
-        tuple(i.qid for i in load("nextqa", videos, max_questions=3, seed=s)) for s in range(8)
+        tuple(i.qid for i in fixture_benchmark("nextqa", videos, max_questions=3, seed=s))
+        for s in range(8)
     }
     assert len(others) > 1  # the seed decides
     assert seeded_subset(list("abcdef"), 3, 42) == seeded_subset(list("abcdef"), 3, 42)
@@ -489,6 +474,7 @@ def stage_params(tmp_path, demo_store, tiny_models, urls, protocol, subset_seed=
             "vlm": str(tiny_models["vlm"]),
             "clip": str(tiny_models["clip"]),
             "text_encoder": str(tiny_models["text_encoder"]),
+            "text_encoder_layers": 2,
         },
         "tags": ["vision", "think", "answer"],
         "evaluate": {
@@ -532,6 +518,8 @@ def stage_params(tmp_path, demo_store, tiny_models, urls, protocol, subset_seed=
                 "subset_seed": subset_seed,
                 "metrics": ["veg", "cn"],
                 "max_tokens": 256,
+                "max_attempts": 3,
+                "serve_local": False,
                 "pairwise": {"enabled": True, "pairs": [["grpo", "chat"]]},
             },
         },

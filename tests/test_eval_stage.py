@@ -43,6 +43,7 @@ def workspace(tmp_path, demo_data, demo_store, tiny_models, http_model):
             "vlm": str(tiny_models["vlm"]),
             "clip": str(tiny_models["clip"]),
             "text_encoder": str(tiny_models["text_encoder"]),
+            "text_encoder_layers": 2,
         },
         "evaluate": {
             "dataset": str(tmp_path / "dataset"),
@@ -63,6 +64,8 @@ def workspace(tmp_path, demo_data, demo_store, tiny_models, http_model):
             "judge": {
                 "backend": {"max_retries": 0},
                 "max_tokens": 256,
+                "max_attempts": 3,
+                "serve_local": False,
                 "pairwise": {"enabled": True, "pairs": [["grpo", "base"]]},
             },
         },

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fixture_benchmark
 
 from ebmrl.backends import GenerationClient
 from ebmrl.eval.videoqa import AnnotationError, load_benchmark, nextqa_group
@@ -17,28 +18,6 @@ from ebmrl.eval.videoqa.parsing import parse_choice, parse_open, parse_yes_no
 from ebmrl.eval.videoqa.scoring import FrameReader, answer_questions, summarize, vlm_answerer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "videoqa"
-
-
-def benchmark(name, videos, **overrides):
-    specs = {
-        "activitynet_qa": dict(
-            format="activitynet_qa",
-            annotations=FIXTURES / "activitynet_qa/test_q.json",
-            answers=FIXTURES / "activitynet_qa/test_a.json",
-        ),
-        "nextqa": dict(
-            format="nextqa",
-            annotations=FIXTURES / "nextqa/test.csv",
-            video_map=FIXTURES / "nextqa/map_vid_vidorID.json",
-        ),
-        "pororoqa": dict(
-            format="pororoqa",
-            annotations=FIXTURES / "pororoqa/pororo_qa.json",
-            video_map=FIXTURES / "pororoqa/video_map.json",
-        ),
-    }
-    spec = {**specs[name], **overrides}
-    return load_benchmark(spec.pop("format"), spec.pop("annotations"), videos, name=name, **spec)
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +32,20 @@ def reader():
 
 # ---------------------------------------------------------------------- loaders
 def test_loaders_read_the_standard_formats(videos):
-    anet = benchmark("activitynet_qa", videos)
+    anet = fixture_benchmark("activitynet_qa", videos)
     assert [i.answer for i in anet] == ["no", "yes", "no", "yes", "yes", "yes"]  # type 4 left out
     assert {i.kind for i in anet} == {"yes_no"} and anet[0].video.endswith("clip_0000.mp4")
-    nextqa = benchmark("nextqa", videos)
+    nextqa = fixture_benchmark("nextqa", videos)
     assert [(i.qid, i.answer, i.qtype) for i in nextqa][:2] == [
         ("9001_0", "C", "DC"),
         ("9002_0", "A", "TC"),
     ]
     assert nextqa[0].options == ("one", "two", "three", "four", "five")
     assert nextqa[0].video.endswith("clip_0001.mp4") and Path(nextqa[0].video).is_file()
-    pororo = benchmark("pororoqa", videos)
+    pororo = fixture_benchmark("pororoqa", videos)
     assert [i.answer for i in pororo] == ["B", "D", "C", "E"]
     assert all(Path(i.video).is_file() for i in anet + nextqa + pororo)
-    assert len(benchmark("nextqa", videos, max_questions=2)) == 2
+    assert len(fixture_benchmark("nextqa", videos, max_questions=2)) == 2
 
 
 def test_open_answers_and_release_layouts(videos, tmp_path):
@@ -199,7 +178,9 @@ def scripted(item, frames):
 
 
 def test_accuracy_is_exact_on_the_fixtures(videos, reader):
-    anet = summarize(answer_questions(benchmark("activitynet_qa", videos), "s", scripted, reader))
+    anet = summarize(
+        answer_questions(fixture_benchmark("activitynet_qa", videos), "s", scripted, reader)
+    )
     assert anet == {
         "questions": 6,
         "scored": 6,
@@ -211,7 +192,9 @@ def test_accuracy_is_exact_on_the_fixtures(videos, reader):
         # "yes" without a block is right by their last-yes/no fallback.
         "authors": {"correct": 2, "accuracy": 0.333333, "no_answer_block": 2},
     }
-    results = answer_questions(benchmark("nextqa", videos), "s", scripted, reader, concurrency=3)
+    results = answer_questions(
+        fixture_benchmark("nextqa", videos), "s", scripted, reader, concurrency=3
+    )
     nextqa = summarize(results, nextqa_group)
     assert (nextqa["correct"], nextqa["scored"], nextqa["unparseable"]) == (4, 6, 1)
     assert nextqa["accuracy"] == round(4 / 6, 6)
@@ -226,7 +209,9 @@ def test_accuracy_is_exact_on_the_fixtures(videos, reader):
         "descriptive": (2, 3),
         "temporal": (2, 2),
     }
-    pororo = summarize(answer_questions(benchmark("pororoqa", videos), "s", scripted, reader))
+    pororo = summarize(
+        answer_questions(fixture_benchmark("pororoqa", videos), "s", scripted, reader)
+    )
     assert (pororo["correct"], pororo["scored"], pororo["unparseable"]) == (2, 4, 1)
     by_qid = {r.qid: r for r in results}
     assert by_qid["9002_0"].prediction == "A" and by_qid["9002_0"].from_block
@@ -243,7 +228,7 @@ def flames(frames: np.ndarray) -> bool:
 def test_the_answerer_sees_the_right_clip(videos, reader):
     """An answerer that reads the frames gets the fire questions right: frames come from
     each question's own video (decoded by our video module)."""
-    items = [i for i in benchmark("activitynet_qa", videos) if "fire" in i.question]
+    items = [i for i in fixture_benchmark("activitynet_qa", videos) if "fire" in i.question]
 
     def look(item, frames):
         return f"<answer>{'yes' if flames(frames) else 'no'}</answer>"
@@ -280,7 +265,7 @@ def test_missing_and_broken_videos_are_not_scored_and_counted(tmp_path, videos, 
 def test_the_tiny_vlm_answers_through_the_real_path(videos, tiny_vlm_backend, tmp_path):
     from ebmrl.backends import ResponseCache
 
-    items = benchmark("nextqa", videos)
+    items = fixture_benchmark("nextqa", videos)
     cache = ResponseCache(tmp_path / "responses.jsonl")
     client = GenerationClient(tiny_vlm_backend, cache)
     results = answer_questions(items, "tiny", vlm_answerer(client, 24), FrameReader(4, 100_352))

@@ -41,6 +41,7 @@ SFT_SETTINGS = {
     "save_steps": 1000,
     "eval_samples": 4,
     "eval_max_new_tokens": 160,
+    "torch_threads": None,
 }
 GRPO_SETTINGS = {
     "learning_rate": 1e-4,
@@ -51,6 +52,8 @@ GRPO_SETTINGS = {
     "max_completion_length": 160,
     "logging_steps": 1,
     "save_steps": 1000,
+    "completions_every": 10,
+    "torch_threads": None,
 }
 
 
@@ -105,7 +108,7 @@ def inputs(dataset, frames_dir):
 def params_for(tmp_path: Path, tiny_models, **sections) -> config.Params:
     data = {
         "models": {"vlm": str(tiny_models["vlm"]), "clip": str(tiny_models["clip"]),
-                   "text_encoder": str(tiny_models["text_encoder"])},
+                   "text_encoder": str(tiny_models["text_encoder"]), "text_encoder_layers": 2},
         "rewards": {"pcg": {"leak_filter": {"model": str(tiny_models["text_encoder"])}}},
         "sft": {**SFT_SETTINGS, "out": str(tmp_path / "sft")},
         "grpo": {**GRPO_SETTINGS, "out": str(tmp_path / "grpo")},
@@ -304,7 +307,7 @@ def write_params(
 ) -> Path:
     data = {
         "models": {"vlm": str(tiny_models["vlm"]), "clip": str(tiny_models["clip"]),
-                   "text_encoder": str(tiny_models["text_encoder"])},
+                   "text_encoder": str(tiny_models["text_encoder"]), "text_encoder_layers": 2},
         "rewards": {"pcg": {"leak_filter": {"model": str(tiny_models["text_encoder"])}}},
         "grpo": {**GRPO_SETTINGS, "out": str(tmp_path / "grpo"), "init_model": str(init_model),
                  "dataset": str(dataset), "frames": str(frames), **grpo},

@@ -407,17 +407,25 @@ class Judge:
         with self._lock:
             self.stats[name] += 1
 
+    def _send(self, asked: _Asked, prompt: str, frames: np.ndarray | None) -> bool:
+        """One request of an ask: its reply into ``asked``; False when the judge could not
+        be reached (``asked`` then says so)."""
+        asked.attempts += 1
+        self._count("requests")
+        try:
+            asked.reply = self.client.generate(self._request(prompt, frames))
+        except BackendError as exc:
+            asked.error = f"judge unavailable: {_shorten(str(exc), 300)}"
+            asked.unavailable = True
+            return False
+        return True
+
     def _ask(self, user: str, frames: np.ndarray | None, validate) -> _Asked:
         """Up to ``max_attempts`` requests until ``validate(reply)`` passes."""
         asked = _Asked()
         prompt = user
         while asked.attempts < self.max_attempts:
-            asked.attempts += 1
-            self._count("requests")
-            try:
-                asked.reply = self.client.generate(self._request(prompt, frames))
-            except BackendError as exc:
-                asked.error = f"judge unavailable: {_shorten(str(exc), 300)}"
+            if not self._send(asked, prompt, frames):
                 return asked
             try:
                 asked.value = validate(asked.reply)
@@ -437,13 +445,7 @@ class Judge:
         asked = _Asked(value={})
         prompt = user
         while asked.attempts < self.max_attempts:
-            asked.attempts += 1
-            self._count("requests")
-            try:
-                asked.reply = self.client.generate(self._request(prompt, frames))
-            except BackendError as exc:
-                asked.error = f"judge unavailable: {_shorten(str(exc), 300)}"
-                asked.unavailable = True
+            if not self._send(asked, prompt, frames):
                 return asked
             read, problem = read_listwise(asked.reply, names)
             asked.value.update(read)

@@ -25,12 +25,11 @@ them from ``RewardModels``, and only rewards with a non-zero weight are built.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ebmrl.config import BUILTIN_REWARDS, RewardsSection
+from ebmrl.config import BUILTIN_REWARDS, RewardsSection, import_callable
 from ebmrl.frame_store import FrameStore
 from ebmrl.rewards.answer import AnswerReward, F1Scorer
 from ebmrl.rewards.clip import ClipReward, ClipTextEncoder
@@ -136,12 +135,6 @@ BUILTIN: dict[str, Factory] = {
 assert tuple(BUILTIN) == BUILTIN_REWARDS  # config.py validates weights against this list
 
 
-def import_function(path: str) -> RewardFunction:
-    """``"package.module:function"`` -> the function (params.yaml validated the path)."""
-    module, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module), attribute)
-
-
 def reward_functions(
     section: RewardsSection, tags: TagNames, models: RewardModels
 ) -> dict[str, RewardFunction]:
@@ -153,5 +146,5 @@ def reward_functions(
             out[name] = factory(section, tags, models)
     for name, path in section.functions.items():
         if section.weights[name]:
-            out[name] = import_function(path)
+            out[name] = import_callable(path)  # params.yaml validated the path
     return out
