@@ -97,7 +97,14 @@ def run(label: str, weights: dict[str, float], args, tiny: dict[str, Path], inpu
 
     model, processor = load_vlm(tiny["vlm"])
     grpo_module.train_grpo(
-        params, inputs, model=model, processor=processor, trainer_hook=instrument
+        params.grpo,
+        params.models,
+        params.rewards,
+        inputs,
+        model=model,
+        processor=processor,
+        tags=params.tag_names(),
+        trainer_hook=instrument,
     )
     s = timer.seconds
     steps = args.steps

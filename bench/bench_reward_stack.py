@@ -67,7 +67,7 @@ def main() -> None:
                 },
             }
         )
-        clip_encoder = reward_models.clip_encoder(params)
+        clip_encoder = reward_models.clip_encoder(params.models)
         store = MemoryFrameStore()
         for path in sorted(data["videos"].glob("*.mp4")):
             frames, _, _ = video.sample_frames(path)
@@ -76,9 +76,17 @@ def main() -> None:
         models = RewardModels(
             clip_encoder=clip_encoder,
             frame_store=store,
-            answer_scorer=reward_models.answer_scorer(params),
-            pcg_scorer=reward_models.pcg_scorer(params, model, processor, store),
-            sentence_embedder=reward_models.sentence_embedder(params),
+            answer_scorer=reward_models.answer_scorer(params.models, params.rewards.answer),
+            pcg_scorer=reward_models.pcg_scorer(
+                params.rewards.pcg,
+                model,
+                processor,
+                store,
+                shared_prefix=params.grpo.shared_prefix,
+            ),
+            sentence_embedder=reward_models.sentence_embedder(
+                params.rewards.pcg.leak_filter, params.models.device
+            ),
         )
         setup = build_reward_funcs(params.rewards, params.tag_names(), models)
 

@@ -11,12 +11,15 @@ import pytest
 from ebmrl import cli
 from ebmrl.backends import GenerationClient, ResponseCache, RetryPolicy
 from ebmrl.backends.openai_http import OpenAIHTTPBackend
-from ebmrl.data.annotate import AnnotateSettings, annotate_clips
+from ebmrl.config import AnnotateSection, GenerationSection
+from ebmrl.data.annotate import annotate_clips, prompt_hash
 from ebmrl.data.jsonl import read_annotations
 from ebmrl.frame_store import ShardedFrameStore
 
 BIN = Path(sys.executable).parent
-SETTINGS = AnnotateSettings(max_frames=4, max_tokens=6, temperature=1.0)
+SETTINGS = AnnotateSection(
+    max_frames=4, generation=GenerationSection(max_tokens=6, temperature=1.0)
+)
 
 
 def _params(tmp_path, demo_store, url, **backend):
@@ -62,9 +65,7 @@ def test_local_backend_describes_every_clip_once_and_caches(tmp_path, demo_store
     again = annotate_clips(clips, store, GenerationClient(tiny_vlm_backend, cache), SETTINGS)
     assert again.stats["requested"] == 0 and again.annotations == first.annotations
     # Another prompt setting is another cache key: asked again.
-    other = annotate_clips(
-        clips[:1], store, client, AnnotateSettings(max_frames=2, max_tokens=6, temperature=1.0)
-    )
+    other = annotate_clips(clips[:1], store, client, SETTINGS.model_copy(update={"max_frames": 2}))
     assert other.stats["requested"] == 1
 
 
@@ -153,3 +154,21 @@ def test_missing_frame_store_is_named(tmp_path, demo_store, capsys):
     )
     assert cli.main(["--params", str(params), "annotate"]) == 2
     assert "did the frames stage run" in capsys.readouterr().err
+
+
+def test_prompt_hash_covers_every_setting_that_shapes_a_description():
+    base = prompt_hash(SETTINGS)
+    generation = SETTINGS.generation
+    shaping = [
+        {"max_frames": 5},
+        {"max_words": 40},
+        {"generation": generation.model_copy(update={"max_tokens": 7})},
+        {"generation": generation.model_copy(update={"temperature": 0.5})},
+        {"generation": generation.model_copy(update={"top_p": 0.9})},
+        {"generation": generation.model_copy(update={"seed": 1})},
+    ]
+    hashes = {prompt_hash(SETTINGS.model_copy(update=change)) for change in shaping}
+    assert base not in hashes and len(hashes) == len(shaping)
+    # Where the files go and how requests travel do not change a description.
+    elsewhere = SETTINGS.model_copy(update={"out": "elsewhere", "cache": "other_cache"})
+    assert prompt_hash(elsewhere) == base

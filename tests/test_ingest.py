@@ -10,6 +10,7 @@ import pytest
 from conftest import real_clip
 
 from ebmrl import cli, video
+from ebmrl.config import IngestLimitsSection
 from ebmrl.data import ingest
 from ebmrl.data.jsonl import read_samples
 from ebmrl.demo import encode_mp4
@@ -171,3 +172,15 @@ def test_demo_records_round_trip_to_released_format(demo_store, tmp_path):
     dump_released(demo_store["result"].samples, tmp_path / "r.json")
     again = load_released(tmp_path / "r.json")
     assert [s.clip_id for s in again] == [s.clip_id for s in demo_store["result"].samples]
+
+
+def test_limits_are_the_ingest_limits_section():
+    info = video.VideoInfo(duration_s=2.0, fps=24.0, num_frames=48, width=320, height=240)
+    assert ingest.check_limits(info, IngestLimitsSection()) is None
+    assert ingest.check_limits(info, IngestLimitsSection(min_frames=49)) == (
+        "absurd: 48 frame(s), fewer than limits.min_frames=49"
+    )
+    assert "duration 2 s outside" in ingest.check_limits(
+        info, IngestLimitsSection(max_duration_s=1.5)
+    )
+    assert "size 320x240" in ingest.check_limits(info, IngestLimitsSection(max_side=300))

@@ -91,7 +91,7 @@ def test_scorer_from_params(tiny_models):
             "rewards": {"answer": {"batch_size": 7}},
         }
     )
-    scorer = reward_models.answer_scorer(params)
+    scorer = reward_models.answer_scorer(params.models, params.rewards.answer)
     assert scorer.num_layers == 1 and scorer.batch_size == 7
     assert AnswerReward(scorer).score([wrap(REF)], [REF]).values[0] == pytest.approx(1.0, abs=1e-5)
 

@@ -118,6 +118,13 @@ def params_for(tmp_path: Path, tiny_models, **sections) -> config.Params:
     return config.validate(data)
 
 
+def run_grpo(params: config.Params, inputs: TrainingInputs, **kwargs):
+    """``train_grpo`` on the sections of ``params`` the GRPO stage passes it."""
+    return train_grpo(
+        params.grpo, params.models, params.rewards, inputs, tags=params.tag_names(), **kwargs
+    )
+
+
 @pytest.fixture(scope="module")
 def sft_result(tmp_path_factory, tiny_models, inputs):
     out = tmp_path_factory.mktemp("sft_run")
@@ -144,7 +151,7 @@ def test_grpo_logs_every_reward_component_at_every_step(tmp_path, tiny_models, i
         tmp_path, tiny_models, grpo={"init_model": str(sft_result.final_dir), "max_steps": 4}
     )
     model, processor = load_vlm(sft_result.final_dir)
-    result = train_grpo(params, inputs, model=model, processor=processor)
+    result = run_grpo(params, inputs, model=model, processor=processor)
     history = result.log_history
     assert [step["step"] for step in history] == [1, 2, 3, 4]
     for name in REWARDS:
@@ -194,7 +201,7 @@ def test_grpo_raises_the_total_reward(tmp_path, tiny_models, inputs, sft_result,
     assert len(unseen.train) == 4
     assert not {s.sample_id for s in unseen.train} & {s.sample_id for s in inputs.train}
     model, processor = load_vlm(sft_result.final_dir)
-    result = train_grpo(params, unseen, model=model, processor=processor)
+    result = run_grpo(params, unseen, model=model, processor=processor)
     history = result.log_history
     assert len(history) == LEARNING_STEPS
     first, last, se = window_margin([step["reward"] for step in history], LEARNING_WINDOW)
@@ -226,7 +233,7 @@ def test_empty_train_split_is_a_clear_error(tmp_path, tiny_models, inputs):
     with pytest.raises(EmptyTrainingSet, match="train split has 0 samples"):
         train_sft(params.sft, params.models, empty, model=model, processor=processor)
     with pytest.raises(EmptyTrainingSet, match="train split is empty"):
-        train_grpo(params, empty, model=model, processor=processor)
+        run_grpo(params, empty, model=model, processor=processor)
 
 
 def test_samples_without_a_trace_are_not_sft_material(tmp_path, tiny_models, inputs):
@@ -248,7 +255,7 @@ def test_a_sample_whose_clip_has_no_frames_fails_before_training(tmp_path, tiny_
     with pytest.raises(MissingClipError, match="deadbeefdeadbeef"):
         train_sft(params.sft, params.models, broken, model=model, processor=processor)
     with pytest.raises(MissingClipError, match="deadbeefdeadbeef"):
-        train_grpo(params, broken, model=model, processor=processor)
+        run_grpo(params, broken, model=model, processor=processor)
     assert not (tmp_path / "sft" / "checkpoints").exists()  # no work was started
 
 

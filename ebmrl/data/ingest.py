@@ -24,23 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from ebmrl import video
+from ebmrl.config import IngestLimitsSection
 from ebmrl.io import parse_json, parse_json_lines
 from ebmrl.schema import MANIFEST_COLUMNS, Clip, Sample, SchemaError
 
 CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds beyond which a video is absurd (see ``IngestLimitsSection``)."""
-
-    min_duration_s: float = 0.25
-    max_duration_s: float = 4 * 3600.0
-    min_fps: float = 1.0
-    max_fps: float = 240.0
-    min_side: int = 16
-    max_side: int = 8192
-    min_frames: int = 2
 
 
 @dataclass
@@ -155,8 +143,8 @@ def clean_reason(reason: str) -> str:
     return text[:300]
 
 
-def check_limits(info: video.VideoInfo, limits: Limits) -> str | None:
-    """Why the probed values are absurd, or None."""
+def check_limits(info: video.VideoInfo, limits: IngestLimitsSection) -> str | None:
+    """Why the probed values are absurd (outside ``ingest.limits``), or None."""
     if info.num_frames < limits.min_frames:
         return (
             f"absurd: {info.num_frames} frame(s), fewer than limits.min_frames={limits.min_frames}"
@@ -218,7 +206,9 @@ def clip_id_for(sha256: str) -> str:
     return sha256[:16]
 
 
-def inspect_file(item: Listed, limits: Limits, verify_decode: bool, tmp_dir: str) -> Clip:
+def inspect_file(
+    item: Listed, limits: IngestLimitsSection, verify_decode: bool, tmp_dir: str
+) -> Clip:
     """Hash, probe and check one file; never raises for a bad file (quarantines it)."""
     unreadable_id = "x" + hashlib.sha256(item.uri.encode()).hexdigest()[:15]
     record = Clip(clip_id=unreadable_id, uri=item.uri, sha256=None, rel=item.rel)
@@ -321,7 +311,7 @@ def ingest(
     *,
     records: Iterable[str] = (),
     extensions: Iterable[str] = ("mp4",),
-    limits: Limits = Limits(),
+    limits: IngestLimitsSection = IngestLimitsSection(),
     verify_decode: bool = True,
     workers: int = 4,
     progress: bool = False,

@@ -13,7 +13,9 @@
 Every trace (perception + think) is checked against the reply it leads to; a trace that
 copies the reply is regenerated with a new seed, up to ``max_attempts``, then dropped
 (the whole sample in ``llm`` mode, the trace only for film lines). Every drop is
-counted in the report. Samples are split by session (``ebmrl.data.split``).
+counted in the report. Samples are split by session (``ebmrl.data.split``). Every
+setting comes from the ``synthesize`` section of params.yaml (``SynthesizeSection`` and
+its ``generation``).
 """
 
 from __future__ import annotations
@@ -28,24 +30,12 @@ from typing import Any
 
 from ebmrl import prompts
 from ebmrl.backends import ChatRequest, GenerationClient, Message, map_concurrent
+from ebmrl.config import SynthesizeSection
 from ebmrl.data.copycheck import copies_reply, copy_score
 from ebmrl.schema import CharacterProfile, Clip, ProfileBook, Sample, Turn, history_text
 from ebmrl.tags import DEFAULT_TAGS, TagNames
 
 MAX_LINE_CHARS = 400
-
-
-@dataclass(frozen=True)
-class SynthSettings:
-    strategies: tuple[str, ...] = ("join", "ask")
-    samples_per_clip: int = 2
-    history_turns: int = 2
-    copy_threshold: float = 0.5
-    max_attempts: int = 3
-    seed: int = 0
-    max_tokens: int = 128
-    temperature: float = 0.7
-    top_p: float = 1.0
 
 
 class SynthesisError(ValueError):
@@ -127,26 +117,27 @@ def cast(book: ProfileBook, film: str) -> tuple[list[CharacterProfile], list[Cha
 
 # ---------------------------------------------------------------------- generation
 class Writer:
-    """Writes dialogue lines and traces through a ``GenerationClient`` (cached, retried)."""
+    """Writes dialogue lines and traces through a ``GenerationClient`` (cached, retried),
+    as ``section`` says (``seed``, ``max_attempts``, ``copy_threshold``, ``generation``)."""
 
     def __init__(
         self,
         client: GenerationClient,
-        settings: SynthSettings,
+        section: SynthesizeSection,
         source: str,
         tags: TagNames = DEFAULT_TAGS,
     ):
-        self.client, self.settings, self.source = client, settings, source
+        self.client, self.section, self.source = client, section, source
         self.tags = tags  # the traces' tag names (params.yaml ``tags``)
 
     def _ask(self, system: str | None, user: str, seed: int) -> str:
-        s = self.settings
+        generation = self.section.generation
         messages = ((Message("system", system),) if system else ()) + (Message("user", user),)
         request = ChatRequest(
             messages=messages,
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
+            max_tokens=generation.max_tokens,
+            temperature=generation.temperature,
+            top_p=generation.top_p,
             seed=seed,
         )
         return self.client.generate(request)
@@ -171,9 +162,9 @@ class Writer:
             history=history_text(history),
             instruction=instruction,
         )
-        for attempt in range(self.settings.max_attempts):
+        for attempt in range(self.section.max_attempts):
             text = clean_line(
-                self._ask(system, user, _seed(self.settings.seed, *seed_parts, attempt)),
+                self._ask(system, user, _seed(self.section.seed, *seed_parts, attempt)),
                 [speaker.name],
             )
             if text:
@@ -187,8 +178,8 @@ class Writer:
         (None, best score) after ``max_attempts`` copies."""
         reply = sample.target.utterance
         best = 1.0
-        for attempt in range(self.settings.max_attempts):
-            seed = _seed(self.settings.seed, sample.sample_id, "trace", attempt)
+        for attempt in range(self.section.max_attempts):
+            seed = _seed(self.section.seed, sample.sample_id, "trace", attempt)
             perception = clean_block(
                 self._ask(
                     None,
@@ -214,11 +205,7 @@ class Writer:
             trace = f"{perception} {think}"
             score = copy_score(trace, reply)
             best = min(best, score)
-            if (
-                perception
-                and think
-                and not copies_reply(trace, reply, self.settings.copy_threshold)
-            ):
+            if perception and think and not copies_reply(trace, reply, self.section.copy_threshold):
                 return Sample.trace(perception, think, self.tags), score
         return None, best
 
@@ -246,7 +233,7 @@ def plan_dialogues(
     descriptions: dict[str, str],
     book: ProfileBook,
     film: str,
-    settings: SynthSettings,
+    section: SynthesizeSection,
 ) -> list[DialogueJob]:
     """Who talks about which clip with which strategy: seeded, so reruns hit the cache."""
     assistants, users = cast(book, film)
@@ -256,13 +243,12 @@ def plan_dialogues(
             raise SynthesisError(
                 f"clip {clip.clip_id} ({clip.uri}) has no description: run annotate first"
             )
-        for k in range(settings.samples_per_clip):
-            rng = random.Random(_seed(settings.seed, clip.clip_id, k))
+        for k in range(section.samples_per_clip):
+            rng = random.Random(_seed(section.seed, clip.clip_id, k))
             assistant = rng.choice(assistants)
             user = rng.choice([u for u in users if u.name != assistant.name])
-            strategy = settings.strategies[
-                (k + rng.randrange(len(settings.strategies))) % len(settings.strategies)
-            ]
+            strategies = section.strategies
+            strategy = strategies[(k + rng.randrange(len(strategies))) % len(strategies)]
             jobs.append(DialogueJob(clip, descriptions[clip.clip_id], k, strategy, assistant, user))
     return jobs
 
@@ -271,7 +257,7 @@ def write_dialogue(
     writer: Writer, job: DialogueJob, sample_id: int, film: str
 ) -> tuple[Sample | None, str | None]:
     """One LLM sample (dialogue + reply + trace), or (None, why it was dropped)."""
-    s = writer.settings
+    s = writer.section
     turns: list[Turn] = []
     a, u = job.assistant, job.user
     seed = (job.clip.clip_id, job.index)
@@ -351,7 +337,7 @@ def llm_samples(
     first_id: int = 1,
     progress: bool = False,
 ) -> SynthResult:
-    jobs = plan_dialogues(clips, descriptions, book, film, writer.settings)
+    jobs = plan_dialogues(clips, descriptions, book, film, writer.section)
     outcomes = map_concurrent(
         lambda item: write_dialogue(writer, item[1], first_id + item[0], film),
         list(enumerate(jobs)),

@@ -37,7 +37,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
         make_backend,
         retry_policy,
     )
-    from ebmrl.data.annotate import AnnotateSettings, annotate_clips
+    from ebmrl.data.annotate import annotate_clips, prompt_hash
     from ebmrl.data.ingest import read_manifest
     from ebmrl.data.jsonl import write_jsonl
     from ebmrl.edge.exit_codes import EXIT_TRANSIENT
@@ -54,15 +54,6 @@ def run(params: Params, args: argparse.Namespace) -> int:
     clips = read_manifest(Path(args.ingest or section.ingest), ok_only=True)
     store = ShardedFrameStore.open(args.frames or section.frames)
     require_clips(store, [c.clip_id for c in clips])
-    gen = section.generation
-    settings = AnnotateSettings(
-        max_frames=section.max_frames,
-        max_tokens=gen.max_tokens,
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-        seed=gen.seed,
-        max_words=section.max_words,
-    )
     backend = make_backend(backend_section, params.models)
     cache = ResponseCache(Path(args.cache or section.cache) / "responses.jsonl")
     try:
@@ -71,7 +62,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             clips,
             store,
             client,
-            settings,
+            section,
             concurrency=concurrency(backend_section, backend),
             progress=True,
         )
@@ -105,7 +96,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
         "clips": len(result.annotations),
         "empty_descriptions": stats["empty_descriptions"],
         "model_id": backend.model_id,
-        "prompt_hash": settings.prompt_hash(),
+        "prompt_hash": prompt_hash(section),
     }
     write_json(out / "report.json", report)
     print(f"  -> {out / 'annotations.jsonl'}")

@@ -69,10 +69,13 @@ def run(params: Params, args: argparse.Namespace) -> int:
                 )
 
         result = train_grpo(
-            params,
+            section,
+            models,
+            params.rewards,
             inputs,
             model=model,
             processor=processor,
+            tags=params.tag_names(),
             report_to=["mlflow"] if tracked else [],
             trainer_hook=add_completions_table,
             is_main_process=is_main,

@@ -90,7 +90,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
         source,
         records=records,
         extensions=section.extensions,
-        limits=ingest.Limits(**section.limits.model_dump()),
+        limits=section.limits,
         verify_decode=section.verify_decode,
         workers=section.workers if args.workers is None else args.workers,
         progress=True,

@@ -71,18 +71,6 @@ def run(params: Params, args: argparse.Namespace) -> int:
         annotations = read_annotations(args.annotations or section.annotations)
         descriptions = {cid: row["description"] for cid, row in annotations.items()}
     film = synth.film_of(book, section.source) if section.mode == "llm" else (section.source or "")
-    gen = section.generation
-    settings = synth.SynthSettings(
-        strategies=tuple(section.strategies),
-        samples_per_clip=section.samples_per_clip,
-        history_turns=section.history_turns,
-        copy_threshold=section.copy_threshold,
-        max_attempts=section.max_attempts,
-        seed=section.seed,
-        max_tokens=gen.max_tokens,
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-    )
     backend = client = None
     # Opened even when unused: dvc.yaml declares the cache as a (persistent) output.
     cache = ResponseCache(Path(args.cache or section.cache) / "responses.jsonl")
@@ -92,7 +80,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
     try:
         writer = None
         if client is not None:
-            writer = synth.Writer(client, settings, film, tags=params.tag_names())
+            writer = synth.Writer(client, section, film, tags=params.tag_names())
         workers = concurrency(backend_section, backend) if backend is not None else 1
         if section.mode == "llm":
             assert writer is not None

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ebmrl.config import Params
+from ebmrl.config import GrpoSection, ModelsSection, RewardsSection
 from ebmrl.frame_store import FrameStore, require_clips
 from ebmrl.prompts.conversation import grpo_row
-from ebmrl.tags import DEFAULT_TAGS
+from ebmrl.tags import DEFAULT_TAGS, TagNames
 from ebmrl.train.checkpoint_sync import CheckpointStore, sync_callback
 from ebmrl.train.saving import save_final_model
 from ebmrl.train.summary import reward_summary
@@ -60,23 +60,44 @@ def nonfinite_guard(func: Any) -> Any:
     return guarded
 
 
-def build_rewards(params: Params, frame_store: FrameStore, processor: Any):
+def build_rewards(
+    rewards: RewardsSection,
+    models: ModelsSection,
+    tags: TagNames,
+    frame_store: FrameStore,
+    processor: Any,
+    *,
+    shared_prefix: bool,
+):
     """Reward functions (loading only the reward models whose weight is not 0) and the PCG
-    scorer, whose model is bound once the trainer (and its reference model) exists."""
+    scorer, whose model is bound once the trainer (and its reference model) exists.
+    ``shared_prefix``: ``grpo.shared_prefix``, for the PCG scorer's forward passes."""
     from ebmrl.rewards import reward_models
     from ebmrl.rewards.registry import RewardModels
     from ebmrl.rewards.trl_adapter import build_reward_funcs
 
-    weights = params.rewards.weights
-    pcg = reward_models.pcg_scorer(params, None, processor, frame_store) if weights["pcg"] else None
-    models = RewardModels(
-        clip_encoder=reward_models.clip_encoder(params) if weights["clip"] else None,
-        frame_store=frame_store,
-        answer_scorer=reward_models.answer_scorer(params) if weights["answer"] else None,
-        pcg_scorer=pcg,
-        sentence_embedder=reward_models.sentence_embedder(params) if weights["pcg"] else None,
+    weights = rewards.weights
+    pcg = (
+        reward_models.pcg_scorer(
+            rewards.pcg, None, processor, frame_store, shared_prefix=shared_prefix
+        )
+        if weights["pcg"]
+        else None
     )
-    setup = build_reward_funcs(params.rewards, params.tag_names(), models)
+    injected = RewardModels(
+        clip_encoder=reward_models.clip_encoder(models) if weights["clip"] else None,
+        frame_store=frame_store,
+        answer_scorer=(
+            reward_models.answer_scorer(models, rewards.answer) if weights["answer"] else None
+        ),
+        pcg_scorer=pcg,
+        sentence_embedder=(
+            reward_models.sentence_embedder(rewards.pcg.leak_filter, models.device)
+            if weights["pcg"]
+            else None
+        ),
+    )
+    setup = build_reward_funcs(rewards, tags, injected)
     return setup, pcg
 
 
@@ -139,18 +160,23 @@ def timings_out_of_the_state():
 
 
 def train_grpo(
-    params: Params,
+    section: GrpoSection,
+    models: ModelsSection,
+    rewards: RewardsSection,
     inputs: TrainingInputs,
     *,
     model: Any,
     processor: Any,
+    tags: TagNames = DEFAULT_TAGS,
     report_to: Sequence[str] = (),
     callbacks: Sequence[Any] = (),
     trainer_hook: Any = None,
     is_main_process: bool = True,
     checkpoints_uri: str | None = None,
 ) -> GrpoResult:
-    """Run GRPO from ``model`` (loaded from ``params.grpo.init_model``) on ``inputs.train``.
+    """Run GRPO from ``model`` (loaded from ``section.init_model``) on ``inputs.train``,
+    with the rewards of ``rewards`` reading the blocks named by ``tags`` (params.yaml
+    ``grpo``, ``models``, ``rewards``, ``tags``).
 
     ``trainer_hook(trainer)`` runs once the trainer exists (e.g. to add a callback that
     needs it). ``checkpoints_uri``: also copy each checkpoint there, and resume from the
@@ -158,9 +184,10 @@ def train_grpo(
     """
     from datasets import Dataset
 
-    section, models = params.grpo, params.models
-    rows = grpo_rows(inputs, params.tag_names())
-    setup, pcg_scorer = build_rewards(params, inputs.frames, processor)
+    rows = grpo_rows(inputs, tags)
+    setup, pcg_scorer = build_rewards(
+        rewards, models, tags, inputs.frames, processor, shared_prefix=section.shared_prefix
+    )
     out = Path(section.out)
     checkpoints = out / "checkpoints"
     trainer = VideoGRPOTrainer(
@@ -182,9 +209,9 @@ def train_grpo(
         trainer_hook(trainer)
     fingerprint = run_fingerprint(
         grpo=section.model_dump(),
-        tags=list(params.tags),
+        tags=list(tags),
         code=training_code_identity(),
-        rewards=params.rewards.model_dump(),
+        rewards=rewards.model_dump(),
         models=models.model_dump(),
         start=model_identity(section.init_model),
         rows=[(r["prompt_id"], r["clip_id"], r["reference"]) for r in rows],
