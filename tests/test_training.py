@@ -183,19 +183,16 @@ def test_grpo_raises_the_total_reward(tmp_path, tiny_models, inputs, sft_result,
     SFT never saw, by at least three standard errors of the window means' difference.
 
     The prompts are the held-out split: on its own training prompts the SFT model is
-    already near the ceiling, so GRPO has nothing left to learn there. Four prompts, all
-    four in every step (4 x 8 completions, gradient accumulation 4): a step's mean reward
-    does not depend on which prompts it drew, so its noise is the sampling's alone, and the
-    first and last windows differ by what the policy learned. (With two prompts a step the
-    mix of easy and hard prompts doubled the steps' variance: 2.1 and 2.3 standard errors
-    on seeds 1 and 2.)
+    already near the ceiling, so GRPO has nothing left to learn there. Four prompts, two
+    per step: every window of 10 steps covers each prompt exactly 5 times, so the first
+    and last windows differ by what the policy learned, not by which prompts they drew.
     The CLIP reward is the trained tiny CLIP's: it pays for perceptions that state what
     the frames show.
     """
     params = params_for(
         tmp_path, tiny_models,
         grpo={"init_model": str(sft_result.final_dir), "max_steps": LEARNING_STEPS,
-              "seed": seed, "gradient_accumulation_steps": 4},
+              "seed": seed},
     )  # fmt: skip
     unseen = TrainingInputs(inputs.test[:4], [], inputs.frames, inputs.profiles)
     assert len(unseen.train) == 4
