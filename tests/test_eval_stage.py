@@ -227,6 +227,7 @@ def test_demo_judge_is_the_tiny_vlm_behind_ebmrl_serve_and_never_invents_scores(
         "max_tokens": 16,
         "max_attempts": 2,
         "metrics": ["veg", "cn"],
+        "pairwise": {"enabled": False},  # one system: nothing to compare
     }
     params_path.write_text(yaml.safe_dump(params))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
