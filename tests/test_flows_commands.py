@@ -161,6 +161,7 @@ def test_stage_order_follows_the_dag_of_this_repository(tmp_path):
     assert order.index("sft") < order.index("grpo")
 
 
+@pytest.mark.slow  # runs real DVC / trains a model: the full tier only
 def test_changed_stages_are_what_dvc_status_says_must_run(tmp_path):
     """The pipeline runs (or hands off) only these: a stage whose upstream has not run yet
     shows once the upstream has run; an up-to-date repository has none."""

@@ -101,6 +101,7 @@ def two_machines(tmp_path, monkeypatch):
     return pipeline, tmp_path / "gpu-node" / "scratch", tmp_path / "runs.log"
 
 
+@pytest.mark.slow  # runs real DVC / trains a model: the full tier only
 def test_a_stage_runs_in_its_own_workspace_and_the_pipeline_restores_it(two_machines):
     pipeline, scratch, runs = two_machines
     origin = pipeline_origin(pipeline)
@@ -127,6 +128,7 @@ def test_a_stage_runs_in_its_own_workspace_and_the_pipeline_restores_it(two_mach
     assert runs.read_text() == "second\n" and not (pipeline / "c.txt").exists()
 
 
+@pytest.mark.slow  # runs real DVC / trains a model: the full tier only
 def test_a_rerun_on_a_fresh_worker_restores_instead_of_recomputing(two_machines):
     pipeline, scratch, runs = two_machines
     origin = pipeline_origin(pipeline)
@@ -137,6 +139,7 @@ def test_a_rerun_on_a_fresh_worker_restores_instead_of_recomputing(two_machines)
     assert any("is cached - skipping run" in line for line in again)
 
 
+@pytest.mark.slow  # runs real DVC / trains a model: the full tier only
 def test_uncommitted_changes_are_refused_unless_allowed(two_machines):
     pipeline, _, _ = two_machines
     (pipeline / "stage.py").write_text(STAGE_SCRIPT + "# edited\n")

@@ -221,6 +221,7 @@ def test_the_trained_clip_sees_the_demo_clips(tiny_models, demo_data):
         assert score[0] > score[1] and score[0] > score[2], (scene, score)
 
 
+@pytest.mark.slow  # runs real DVC / trains a model: the full tier only
 def test_the_tiny_models_stage_reports_retrieval_above_chance(tmp_path):
     import yaml
 
@@ -288,6 +289,7 @@ def test_caption_batches_label_only_the_caption(vlm, demo_data):
         assert batch["input_ids"][row][start : start + len(labelled)].tolist() == labelled
 
 
+@pytest.mark.slow  # runs real DVC / trains a model: the full tier only
 def test_caption_pretraining_is_deterministic_lowers_its_loss_and_loads_by_path(tmp_path):
     from ebmrl.config import TinyVlmSection
     from ebmrl.models import tiny
