@@ -59,7 +59,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf .pytest_cache .ruff_cache .hypothesis
+	rm -rf .pytest_cache .ruff_cache .hypothesis .cache
 
 # ---- Orchestration (prefect.yaml, flows/): local servers, deployments, the pipeline as a
 # service. Every server binds 127.0.0.1; PIDs, ports and logs live in $(SERVICES_DIR).

@@ -39,18 +39,74 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny models: the VLM and BERT with random weights (the tests check mechanics, and
-    the random VLM writes no tags), the CLIP trained to see the demo scenes as the
-    tiny_models stage trains it (about a minute: the CLIP reward then means something)."""
+# Built tiny models are kept between sessions here (``off``: always build). Building them
+# trains the tiny CLIP, about three minutes on one thread; a kept copy is reused only
+# while its key, ``tiny_models_key()``, is unchanged.
+MODEL_CACHE = os.environ.get("EBMRL_TEST_MODEL_CACHE", str(REPO_ROOT / ".cache" / "test-models"))
+MODEL_LIBRARIES = ("torch", "open_clip_torch", "transformers", "tokenizers", "numpy", "pillow")
+
+
+def tiny_models_key(root: Path = REPO_ROOT) -> str:
+    """A digest of everything the tiny models are built from: the files of every unit in
+    ``ebmrl.LAYERS`` up to ``models`` (the builders import nothing above their layer, as
+    test_layers holds) and the versions of the libraries that compute the weights."""
+    import hashlib
+    from importlib.metadata import version
+
+    from ebmrl import LAYERS
+
+    units = [unit for layer in LAYERS[: LAYERS.index(("models",)) + 1] for unit in layer]
+    digest = hashlib.sha256()
+    for unit in units:
+        base = root / "ebmrl" / unit
+        files = (
+            [base.with_suffix(".py")]
+            if base.with_suffix(".py").is_file()
+            else sorted(f for f in base.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+        )
+        assert files, f"layer unit {unit!r} has no files under {root / 'ebmrl'}"
+        for path in files:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    for name in MODEL_LIBRARIES:
+        digest.update(f"{name}=={version(name)}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_tiny_models(out: Path) -> dict[str, Path]:
+    """The VLM and BERT with random weights (the tests check mechanics, and the random VLM
+    writes no tags), the CLIP trained to see the demo scenes as the tiny_models stage
+    trains it (the CLIP reward then means something)."""
     from ebmrl.config import TinyClipSection
     from ebmrl.models import tiny
     from ebmrl.models.clip_training import train_clip
 
-    built = tiny.build_all(tmp_path_factory.mktemp("tiny"), seed=0)
+    built = tiny.build_all(out, seed=0)
     train_clip(built["clip"], TinyClipSection(), seed=0)
     return built
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """The tiny models (``build_tiny_models``), each session in its own copy."""
+    out = tmp_path_factory.mktemp("tiny")
+    if MODEL_CACHE == "off":
+        return build_tiny_models(out)
+    import json
+
+    kept = Path(MODEL_CACHE) / tiny_models_key()
+    if not kept.is_dir():
+        staging = Path(MODEL_CACHE) / f".{kept.name}.{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        built = build_tiny_models(staging)
+        layout = {name: path.relative_to(staging).as_posix() for name, path in built.items()}
+        (staging / "layout.json").write_text(json.dumps(layout))
+        try:  # complete or absent: an interrupted build is never reused
+            staging.rename(kept)
+        except OSError:  # another session kept the same build first
+            shutil.rmtree(staging)
+    shutil.copytree(kept, out, dirs_exist_ok=True)
+    return {name: out / rel for name, rel in json.loads((out / "layout.json").read_text()).items()}
 
 
 @pytest.fixture(scope="session")

@@ -89,3 +89,21 @@ def test_no_two_modules_share_a_name_for_different_jobs():
     assert shared == {}, shared
     assert "config" not in {p.stem for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE}
     assert stages  # the stage entry points are where the rule is relaxed
+
+
+def test_a_renamed_module_keeps_its_public_name():
+    """``ebmrl.train.configs`` became ``trl_args``; its ``grpo_args`` is a public contract."""
+    import inspect
+
+    from ebmrl.train.configs import grpo_args
+
+    from ebmrl.train import trl_args
+
+    assert grpo_args is trl_args.grpo_args
+    assert list(inspect.signature(grpo_args).parameters) == [
+        "section",
+        "models",
+        "output_dir",
+        "report_to",
+        "reward_args",
+    ]
