@@ -29,7 +29,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ebmrl.config import Params
+from ebmrl.backends.base import Backend
+from ebmrl.config import JudgeSection, ModelsSection, Params
 
 HELP = "evaluate the systems: VEG/SPC/CN judge, BERTScore/ROUGE-L/CLIPScore/format, report"
 
@@ -108,7 +109,7 @@ def _about(section, models, judge_section, judged: bool, samples) -> dict:
 
 
 @contextlib.contextmanager
-def judge_backend(section, models) -> Iterator:
+def judge_backend(section: JudgeSection, models: ModelsSection) -> Iterator[Backend]:
     """The judge's backend; with ``serve_local`` the local model is served by
     ``ebmrl.edge.http_server.ChatServer`` on 127.0.0.1 (any free port) and reached over HTTP, the
     path a vLLM or hosted judge takes. The server stops when the block ends."""
