@@ -83,7 +83,7 @@ services-status: $(STAMP)
 	$(SERVICES) status
 
 deploy: $(STAMP)
-	$(WITH_SERVICES) $(BIN)/prefect --no-prompt deploy --all
+	$(WITH_SERVICES) env -u EBMRL_CODE_DIR $(BIN)/prefect --no-prompt deploy --all
 
 pipeline: $(STAMP)
 	$(WITH_SERVICES) $(BIN)/prefect deployment run ebmrl-pipeline/default --watch
@@ -94,7 +94,7 @@ pipeline: $(STAMP)
 GPU_SCRATCH ?= $(HOME)/.cache/ebmrl/workspaces
 gpu-worker: $(STAMP)
 	mkdir -p $(GPU_SCRATCH)
-	EBMRL_SCRATCH=$(abspath $(GPU_SCRATCH)) PATH=$(BIN):$$PATH \
+	EBMRL_SCRATCH=$(abspath $(GPU_SCRATCH)) EBMRL_CODE_DIR=$(CURDIR) PATH=$(BIN):$$PATH \
 		$(BIN)/prefect worker start --pool gpu --type process --limit 1 \
 		--name gpu-$$(hostname)-$$$$
 

@@ -40,6 +40,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.runtime import flow_run as current_flow_run
 from prefect.tasks import exponential_backoff
 
+from flows import CODE_DIR
 from flows.commands import (
     CommandFailed,
     changed_stages,
@@ -225,7 +226,11 @@ def stage_flow(
     worker = os.environ.get("PREFECT__WORKER_NAME") or "none"
     # The pipeline reads the worker's name from this line, to watch its heartbeat.
     get_run_logger().info(
-        "ebmrl stage %s on worker %s (host %s)", stage, worker, socket.gethostname()
+        "ebmrl stage %s on worker %s (host %s, flow code %s)",
+        stage,
+        worker,
+        socket.gethostname(),
+        CODE_DIR,
     )
     if origin is not None:
         root = Path(scratch or os.environ.get(SCRATCH_ENV) or DEFAULT_SCRATCH)

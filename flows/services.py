@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from flows import CODE_DIR, CODE_DIR_ENV
 from flows.commands import bin_dir
 
 HOST = "127.0.0.1"
@@ -322,12 +323,18 @@ def start_worker(
 ) -> Service:
     """A ``process`` worker polling ``pool``, started in ``run_dir``; flow runs inherit
     this process's environment. ``name``: the worker's name (default ``<pool>-worker-<pid>``),
-    also its service name and log file's."""
+    also its service name and log file's. Its flow code (``EBMRL_CODE_DIR``, for the gpu
+    deployment) is this checkout unless ``env`` names another."""
     cmd = [str(bin_dir() / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
     cmd += ["--name", name or f"{pool}-worker-{os.getpid()}"]
     if limit:
         cmd += ["--limit", str(limit)]
-    full_env = {**os.environ, **(env or {}), **prefect_env(run_dir, api_url)}
+    full_env = {
+        CODE_DIR_ENV: str(CODE_DIR),
+        **os.environ,
+        **(env or {}),
+        **prefect_env(run_dir, api_url),
+    }
     # The worker runs flows from the repository: its venv first on PATH (dvc, ebmrl).
     full_env["PATH"] = f"{bin_dir()}{os.pathsep}{full_env.get('PATH', '')}"
     name = f"worker-{name or pool}"

@@ -96,8 +96,22 @@ def test_make_gpu_worker_starts_a_gpu_pool_worker_with_a_scratch_folder():
     )
     assert dry.returncode == 0, dry.stderr
     assert "EBMRL_SCRATCH=/scratch/ebmrl" in dry.stdout
+    assert f"EBMRL_CODE_DIR={REPO}" in dry.stdout  # its flow code: this checkout
     assert "worker start --pool gpu --type process --limit 1" in dry.stdout
     assert flows_pipeline.SCRATCH_ENV == "EBMRL_SCRATCH"
+
+
+def test_only_the_gpu_deployment_reads_its_code_dir_on_the_worker(deployments):
+    """prefect deploy keeps an unset `{{ $VAR }}` for the worker to resolve; make deploy
+    unsets EBMRL_CODE_DIR so that the deploying machine's value is never written in."""
+    assert deployments["gpu"]["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $EBMRL_CODE_DIR }}"}}
+    ]
+    assert "pull" not in deployments["default"] and "pull" not in deployments["nightly"]
+    dry = subprocess.run(["make", "-n", "deploy"], cwd=REPO, capture_output=True, text=True)
+    assert "env -u EBMRL_CODE_DIR" in dry.stdout and "deploy --all" in dry.stdout
+    docker = json.loads((REPO / "deploy" / "docker-gpu-job-variables.json").read_text())
+    assert docker["env"]["EBMRL_CODE_DIR"] == docker["container_create_kwargs"]["working_dir"]
 
 
 def test_the_gpu_templates_need_no_shared_volume():

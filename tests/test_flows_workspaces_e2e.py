@@ -3,14 +3,14 @@ git and the DVC remote, and a worker lost mid-training. Real servers on 127.0.0.
 Prefect server, the S3 server (SeaweedFS) as the DVC remote and checkpoint store, MLflow.
 
 The pipeline's clone (its git origin a bare repository, as a git server) and each GPU
-worker's folder (started there, its workspaces under its own scratch folder) share no
-path for data. The CI-profile pipeline runs with ``workspaces``; the GPU worker is
-killed (-9, its whole process tree) during ``grpo`` once a checkpoint is synced; two
-fresh workers take over: ``grpo`` is resubmitted and resumes from that checkpoint (read
+worker's folder (started there, its own clone of the code, its workspaces under its own
+scratch folder) share no path: the deployment was made in the pipeline's clone, and the
+gpu workers load the flow code from their own clones (``EBMRL_CODE_DIR``). The
+CI-profile pipeline runs with ``workspaces``; the GPU worker is killed (-9, its whole
+process tree) during ``grpo`` once a checkpoint is synced; two fresh workers take over: ``grpo`` is resubmitted and resumes from that checkpoint (read
 from the trainer's state in the synced record), ``evaluate`` and ``videoqa`` run at the
 same time; ``dvc.lock`` in the clone ends complete, ``dvc status`` clean, ``dvc repro``
-a no-op. (The workers load the flow code from the deployment's path: Prefect's
-``process`` workers have no per-worker code folder; see deploy/README.md.)
+a no-op.
 """
 
 import contextlib
@@ -113,7 +113,13 @@ def test_gpu_stages_on_workers_sharing_nothing_survive_a_killed_worker(tmp_path,
         def gpu_worker(name: str) -> services.Service:
             home = tmp_path / f"gpu-node-{name}"  # another machine: started there
             (home / "scratch").mkdir(parents=True)
-            env = {**worker_env, "EBMRL_SCRATCH": str(home / "scratch")}
+            clone = ["git", "clone", "-q", "--branch", "main", str(origin), str(home / "code")]
+            subprocess.run(clone, check=True)
+            env = {
+                **worker_env,
+                "EBMRL_SCRATCH": str(home / "scratch"),
+                "EBMRL_CODE_DIR": str(home / "code"),
+            }
             return services.start_worker(home, "gpu", api_url, 1, env, name=f"gpu-{name}")
 
         started["gpu-a"] = gpu_worker("a")
@@ -164,6 +170,11 @@ def test_gpu_stages_on_workers_sharing_nothing_survive_a_killed_worker(tmp_path,
             if " on worker " in line
         }
         assert runners == {"gpu-b", "gpu-c"}, runners
+        # Every GPU stage ran the flow code of its worker's own clone, not the deployment's.
+        for run_ in children.values():
+            (line,) = [x for x in prefect.logs([run_.id]) if " on worker " in x]
+            node = line.split(" on worker ")[1].split()[0].removeprefix("gpu-")
+            assert f"flow code {tmp_path / f'gpu-node-{node}' / 'code'})" in line, line
 
         # The clone: every stage in dvc.lock, nothing to do for DVC.
         stages = set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
