@@ -47,16 +47,18 @@ MODEL_LIBRARIES = ("torch", "open_clip_torch", "transformers", "tokenizers", "nu
 
 
 def tiny_models_key(root: Path = REPO_ROOT) -> str:
-    """A digest of everything the tiny models are built from: the files of every unit in
-    ``ebmrl.LAYERS`` up to ``models`` (the builders import nothing above their layer, as
-    test_layers holds) and the versions of the libraries that compute the weights."""
+    """A digest of everything the tiny models are built from: ``build_tiny_models``'s own
+    source, the files of every unit in ``ebmrl.LAYERS`` up to ``models`` (the builders
+    import nothing above their layer, as test_layers holds) and the versions of the
+    libraries that compute the weights."""
     import hashlib
+    import inspect
     from importlib.metadata import version
 
     from ebmrl import LAYERS
 
     units = [unit for layer in LAYERS[: LAYERS.index(("models",)) + 1] for unit in layer]
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(inspect.getsource(build_tiny_models).encode())
     for unit in units:
         base = root / "ebmrl" / unit
         files = (

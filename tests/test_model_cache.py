@@ -39,3 +39,15 @@ def test_code_above_the_models_layer_does_not_change_the_key(tmp_path):
         path = root / "ebmrl" / changed
         path.write_text(path.read_text() + "\n# changed\n")
     assert tiny_models_key(root) == before
+
+
+def test_a_change_to_the_fixtures_build_recipe_changes_the_key(monkeypatch):
+    import conftest
+
+    before = tiny_models_key()
+
+    def build_tiny_models(out):  # the same name, another recipe (say, another seed)
+        return {"seed": 1}
+
+    monkeypatch.setattr(conftest, "build_tiny_models", build_tiny_models)
+    assert tiny_models_key() != before
