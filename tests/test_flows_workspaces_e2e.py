@@ -7,9 +7,9 @@ worker's folder (started there, its own clone of the code, its workspaces under 
 scratch folder) share no path: the deployment was made in the pipeline's clone, and the
 gpu workers load the flow code from their own clones (``EBMRL_CODE_DIR``). The
 CI-profile pipeline runs with ``workspaces``; the GPU worker is killed (-9, its whole
-process tree) during ``grpo`` once a checkpoint is synced; two fresh workers take over: ``grpo`` is resubmitted and resumes from that checkpoint (read
-from the trainer's state in the synced record), ``evaluate`` and ``videoqa`` run at the
-same time; ``dvc.lock`` in the clone ends complete, ``dvc status`` clean, ``dvc repro``
+process tree) during ``grpo`` once a checkpoint is synced; two fresh workers take over:
+``grpo`` is resubmitted and resumes from that checkpoint (read from the trainer's state
+in the synced record), ``evaluate`` and ``videoqa`` run at the same time; ``dvc.lock`` in the clone ends complete, ``dvc status`` clean, ``dvc repro``
 a no-op.
 """
 
