@@ -9,6 +9,11 @@ VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.ebmrl-installed
 PYTEST_ARGS ?=
+# Test worker processes (pytest-xdist): most tests run one torch thread, so one worker
+# per core; whole test files go to a worker, so a module's fixtures are built once.
+# TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # dvc runs stage commands (`ebmrl ...`) through the shell: put the venv first on PATH.
 export PATH := $(BIN):$(PATH)
@@ -33,12 +38,12 @@ demo: $(STAMP)
 	@echo "MLflow UI: make mlflow-ui, then open http://127.0.0.1:5000 (runs in $(CURDIR)/mlflow.db)"
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # The fast tier while you change code (under 3 minutes on 2 cores): pure and tiny-model
 # unit tests; no training runs, servers, DVC pipelines or browser. `make test` runs all.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # Only the learning-signal checks (also part of make test, with GRPO seed 0), printing their
 # numbers, with GRPO seeds 0, 1 and 2 (EBMRL_LEARNING_SEEDS=... to choose).

@@ -177,6 +177,24 @@ def _reap(pid: int) -> None:
 
 
 # ----------------------------------------------------------------------- servers
+# A Unix socket's path has room for 107 bytes (sun_path).
+MAX_SOCKET_PATH = 107
+
+
+def filer_socket(data: Path) -> str:
+    """The SeaweedFS filer's local socket: in its data folder, or under the system's
+    temporary folder (named after the data folder) when that path is too long for a
+    socket, as in a deep run folder."""
+    import hashlib
+    import tempfile
+
+    path = str(data.resolve() / "filer.sock")
+    if len(path.encode()) <= MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir()) / f"ebmrl-filer-{digest}.sock")
+
+
 def start_s3(run_dir: Path, port: int, credentials: tuple[str, str]) -> Service:
     """SeaweedFS with its S3 gateway; its identity: ``credentials``."""
     weed = bin_dir() / "weed"
@@ -198,7 +216,7 @@ def start_s3(run_dir: Path, port: int, credentials: tuple[str, str]) -> Service:
         f"-volume.port.grpc={grpc['volume']}",
         f"-filer.port={internal['filer']}",
         f"-filer.port.grpc={grpc['filer']}",
-        f"-filer.localSocket={data}/filer.sock",
+        f"-filer.localSocket={filer_socket(data)}",
         "-s3",
         f"-s3.port={port}",
         f"-s3.port.grpc={grpc['s3']}",

@@ -39,6 +39,29 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+# The modules that take minutes, longest first (seconds on an idle 2-core machine, from
+# `--durations`: 490, 300, 225, 220). Test workers (`make test` runs `pytest -n 2
+# --dist loadfile`) take whole modules in collection order, so these go first: a long
+# module started last would leave one worker running it alone.
+LONGEST_MODULES = (
+    "test_training.py",
+    "test_flows_workspaces_e2e.py",
+    "test_flows_e2e.py",
+    "test_dag.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: the order does not change the time
+
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)  # stable: the other modules keep their order
+
+
 # Built tiny models are kept between sessions here (``off``: always build). Building them
 # trains the tiny CLIP, about three minutes on one thread; a kept copy is reused only
 # while its key, ``tiny_models_key()``, is unchanged.
@@ -96,17 +119,19 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         return build_tiny_models(out)
     import json
 
+    from filelock import FileLock
+
     kept = Path(MODEL_CACHE) / tiny_models_key()
-    if not kept.is_dir():
-        staging = Path(MODEL_CACHE) / f".{kept.name}.{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        built = build_tiny_models(staging)
-        layout = {name: path.relative_to(staging).as_posix() for name, path in built.items()}
-        (staging / "layout.json").write_text(json.dumps(layout))
-        try:  # complete or absent: an interrupted build is never reused
-            staging.rename(kept)
-        except OSError:  # another session kept the same build first
-            shutil.rmtree(staging)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    # Test workers (pytest -n) that need the models at once: one builds, the others wait.
+    with FileLock(str(kept.with_suffix(".lock"))):
+        if not kept.is_dir():
+            staging = Path(MODEL_CACHE) / f".{kept.name}.{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            built = build_tiny_models(staging)
+            layout = {name: path.relative_to(staging).as_posix() for name, path in built.items()}
+            (staging / "layout.json").write_text(json.dumps(layout))
+            staging.rename(kept)  # complete or absent: an interrupted build is never reused
     shutil.copytree(kept, out, dirs_exist_ok=True)
     return {name: out / rel for name, rel in json.loads((out / "layout.json").read_text()).items()}
 
@@ -565,6 +590,16 @@ class Prefect:
             messages += [log.message for log in page]
             if len(page) < 200:
                 return messages
+
+    def logs_until(self, flow_run_ids, needle: str, timeout_s: float = 60) -> list[str]:
+        """The runs' log lines once one contains ``needle`` (or at the timeout): a worker
+        ships a run's last lines a moment after the run's final state."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            messages = self.logs(flow_run_ids)
+            if any(needle in m for m in messages) or time.monotonic() > deadline:
+                return messages
+            time.sleep(1)
 
     def all_logs(self) -> list[str]:
         messages: list[str] = []

@@ -45,9 +45,9 @@ def test_a_gpu_worker_runs_the_flow_code_of_its_own_checkout(tmp_path, monkeypat
         )
         flow_run = prefect.trigger("ebmrl-stage/gpu", {"stage": "no_such_stage", "retries": 0})
         flow_run = prefect.wait(flow_run.id, timeout_s=300)
-        logs = "\n".join(prefect.logs([flow_run.id]))
+        logs = "\n".join(prefect.logs_until([flow_run.id], "'no_such_stage' not found"))
         # The flow code ran (from the worker's checkout) and DVC named the unknown stage.
-        assert "ebmrl stage no_such_stage on worker gpu-x" in logs, logs[-3000:]
+        assert "ebmrl stage no_such_stage on worker gpu-x" in logs, (flow_run.state, logs[-3000:])
         assert f"flow code {code})" in logs, logs[-3000:]
         assert "'no_such_stage' not found" in logs, logs[-3000:]
         assert flow_run.state.type.value == "FAILED", flow_run.state

