@@ -4,12 +4,14 @@
 
 One GRPO group on the tiny Qwen2.5-VL architecture scaled to the paper's proportions: a
 16-frame clip at about 100k pixels a frame (1,024 video tokens), 1,500 prompt text
-tokens, G = 8 completions of 300 tokens. Two no-gradient passes, each through the code
-the GRPO stage runs, with ``shared_prefix`` on and off:
+tokens, G = 8 completions of 300 tokens. Three passes, each through the code the GRPO
+stage runs, with ``shared_prefix`` on and off:
 
 - the reference pass (``VideoGRPOTrainer._get_per_token_logps_and_entropies`` on the
   trainer's reference model, batch size G as in the paper: one prompt's group per device
   step);
+- the policy pass under training (the same method on the policy in training mode, with
+  entropies, then the backward pass of a loss over its log-probs);
 - PCG scoring (``PerceptualCognitiveReward`` over ``VideoLikelihoodScorer``, batch 16):
   the baseline and the G traces of a prompt seen for the first time.
 
@@ -96,6 +98,7 @@ def setup(tmp: Path, args):
             beta=0.04,
             use_cpu=True,
             bf16=False,
+            gradient_checkpointing=False,  # as the grpo stage (it keeps no cache to share)
             report_to=[],
         ),
         train_dataset=Dataset.from_list([{"prompt": prompt, "clip_id": "clip"}]),
@@ -211,13 +214,13 @@ def paper_step(
     row = prompt + completion
     one_row = vision + text_flops(row, row, completion)
     generation = G * (vision + text_flops(row, row, completion))  # prefill + decode, per row
-    policy = 3 * G * one_row  # forward + backward
     ref_rows = G * one_row
     ref_shared = (
         vision
         + text_flops(prompt - 1, prompt - 1, 0)
         + G * text_flops(completion + 1, row, completion)
     )
+    policy = (3 * ref_rows, 3 * ref_shared)  # forward + backward
     pcg_len = prompt + trace + ref
     pcg_rows = (
         vision
@@ -232,8 +235,8 @@ def paper_step(
     )
     return {
         "generation": generation,
-        "policy forward + backward": policy,
         "reference pass": (ref_rows, ref_shared),
+        "policy forward + backward": policy,
         "PCG": (pcg_rows, pcg_shared),
     }
 
@@ -242,16 +245,14 @@ def print_projection(args) -> None:
     for completion in (args.completion_tokens, 1024):
         trace = completion * 11 // 12
         s = paper_step(1024, args.prompt_tokens, completion, trace, 30, args.group_size)
-        before = s["generation"] + s["policy forward + backward"]
-        after = before
+        before = after = s["generation"]
         print(
             f"\nQwen2.5-VL-7B, one prompt's group per device step: 1,024 video + "
             f"{args.prompt_tokens} prompt tokens, G={args.group_size}, {completion}-token "
             f"completions (PCG: {trace}-token trace, 30-token reference), TFLOPs"
         )
-        for name in ("generation", "policy forward + backward"):
-            print(f"  {name:<28}{s[name] / 1e12:>10.1f}")
-        for name in ("reference pass", "PCG"):
+        print(f"  {'generation':<28}{s['generation'] / 1e12:>10.1f}")
+        for name in ("reference pass", "policy forward + backward", "PCG"):
             rows, shared = s[name]
             before += rows
             after += shared
@@ -311,13 +312,32 @@ def main() -> None:
                 texts, [prompt] * G, ["clip"] * G, [reference_reply] * G, [f"p{group}"] * G
             ).values
 
+        policy = trainer.model
+
+        def policy_step(group: int, shared=shared):
+            ids, mask, _ = reference_batch(trainer, processor, store, prompt, args, group)
+            trainer.shared_prefix = shared
+            policy.train()
+            policy.zero_grad()
+            logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+                policy, ids, mask, args.completion_tokens, batch_size=G, compute_entropy=True
+            )
+            (-logps.mean() - 0.01 * entropies.mean()).backward()
+            grads = [p.grad.flatten() for p in policy.parameters() if p.grad is not None]
+            return logps.detach(), torch.cat(grads)
+
         results["ref", shared] = measure(reference, ref, args.groups)
+        results["policy", shared] = measure(policy_step, policy, args.groups)
         results["pcg", shared] = measure(pcg, ref, args.groups)
 
     for a, b in zip(results["ref", True]["values"], results["ref", False]["values"], strict=True):
         assert float((a - b).abs().max()) < 1e-4
     for a, b in zip(results["pcg", True]["values"], results["pcg", False]["values"], strict=True):
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
+    pairs = zip(results["policy", True]["values"], results["policy", False]["values"], strict=True)
+    for (logps, grad), (row_logps, row_grad) in pairs:
+        assert float((logps - row_logps).abs().max()) < 1e-4
+        assert float((grad - row_grad).abs().max()) <= 1e-4 * float(row_grad.abs().max())
     prompt_len = int(reference_batch(trainer, processor, store, prompt, args, 0)[0].shape[1])
     print(
         f"tiny Qwen2.5-VL, CPU, 1 thread: {video_tokens} video tokens, "
@@ -329,8 +349,16 @@ def main() -> None:
         results["ref", True],
         results["ref", False],
     )
+    print_table(
+        f"policy pass under training, forward + backward (batch {G})",
+        results["policy", True],
+        results["policy", False],
+    )
     print_table("PCG (baseline + G traces, batch 16)", results["pcg", True], results["pcg", False])
-    print("same log-probs and rewards on both paths (checked, |diff| < 1e-4)")
+    print(
+        "same log-probs, rewards and policy gradients on both paths (checked: |diff| < 1e-4, "
+        "gradients relative to their largest entry)"
+    )
     print_projection(args)
 
 

@@ -501,6 +501,9 @@ class TrainingSection(Section):
     # CPU threads for torch (null: torch's default). 1 is fastest for tiny models on a
     # shared machine: idle OpenMP threads spin and slow every other process down.
     torch_threads: PositiveInt | None = 1
+    # Recompute activations in the backward pass: far less memory for about a third more
+    # compute (TRL turns it on unless told). Off for the tiny CPU demo; the authors: on.
+    gradient_checkpointing: bool = False
     lora: LoraSection = LoraSection()
 
     @model_validator(mode="after")
@@ -574,9 +577,11 @@ class GrpoSection(TrainingSection):
     use_vllm: bool = False
     vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.3
     vllm_enable_sleep_mode: bool = False
-    # The no-gradient passes (reference and old-policy log-probs, PCG scoring) run each
-    # prompt + video once per group and only the completions on its cached prefix; the
-    # same numbers (tested). Models that cannot share a prefix run row by row anyway.
+    # Every log-prob pass (reference, old policy, the policy under training) and PCG
+    # scoring run each prompt + video once per group and only the completions on its
+    # cached prefix; the same numbers and gradients (tested). Models that cannot share a
+    # prefix run row by row anyway, and so does the policy pass under several processes
+    # or with gradient checkpointing.
     shared_prefix: bool = True
 
     @field_validator("temperature")

@@ -478,6 +478,7 @@ def grpo_args(tmp_path, **overrides):
         beta=0.04,
         use_cpu=True,
         bf16=False,
+        gradient_checkpointing=False,  # as the grpo stage on CPU (grpo.gradient_checkpointing)
         report_to=[],
         logging_steps=1,
         save_strategy="no",
@@ -499,17 +500,17 @@ def make_dataset(store):
     return Dataset.from_list(rows)
 
 
-def tiny_trainer(tiny_models, store, tmp_path, **kwargs):
-    """A VideoGRPOTrainer on the tiny VLM with the varied reward; returns it with its model
-    and processor."""
+def tiny_trainer(tiny_models, store, tmp_path, cls=None, **kwargs):
+    """A VideoGRPOTrainer (or the subclass ``cls``) on the tiny VLM with the varied reward;
+    returns it with its model and processor."""
     from ebmrl.models import load_vlm
     from ebmrl.train.video_grpo import VideoGRPOTrainer
 
     model, processor = load_vlm(tiny_models["vlm"])
-    trainer = VideoGRPOTrainer(
+    kwargs.setdefault("args", grpo_args(tmp_path))
+    trainer = (cls or VideoGRPOTrainer)(
         model=model,
         reward_funcs=[varied_reward],
-        args=grpo_args(tmp_path),
         train_dataset=make_dataset(store),
         processing_class=processor,
         frame_store=store,

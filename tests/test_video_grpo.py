@@ -26,13 +26,43 @@ class VisionGradProbe(TrainerCallback):
         self.norms.append(float(torch.stack(grads).sum()) if grads else 0.0)
 
 
+class PolicyPassProbe(VideoGRPOTrainer):
+    """Records, for each policy pass under training, its rows and the videos the vision
+    tower encoded."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.policy_passes: list[tuple[int, int]] = []
+
+    def _logps_and_entropies(self, model, input_ids, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return super()._logps_and_entropies(model, input_ids, *args, **kwargs)
+        with VisionCalls(self.accelerator.unwrap_model(model)) as calls:
+            out = super()._logps_and_entropies(model, input_ids, *args, **kwargs)
+        self.policy_passes.append((input_ids.size(0), calls.items))
+        return out
+
+
 @pytest.mark.slow
-def test_vision_tower_gets_gradient_in_a_grpo_step(tiny_models, frame_store, tmp_path):
-    trainer, model, _ = tiny_trainer(tiny_models, frame_store, tmp_path)
+@pytest.mark.parametrize(
+    ("shared_prefix", "checkpointing", "videos"),
+    [(True, False, 1), (False, False, 4), (True, True, 4)],
+    ids=["shared-prefix", "row-by-row", "checkpointing-row-by-row"],
+)
+def test_vision_tower_gets_gradient_in_a_grpo_step(
+    tiny_models, frame_store, tmp_path, shared_prefix, checkpointing, videos
+):
+    trainer, model, _ = tiny_trainer(
+        tiny_models, frame_store, tmp_path, shared_prefix=shared_prefix, cls=PolicyPassProbe,
+        args=grpo_args(tmp_path, gradient_checkpointing=checkpointing),
+    )  # fmt: skip
     probe = VisionGradProbe(model)
     trainer.add_callback(probe)
     trainer.train()
     assert probe.norms and probe.norms[0] > 0, "vision tower received no gradient: video dropped"
+    # One prompt, G = 4: the shared policy pass encodes its clip once, not once per row;
+    # gradient checkpointing keeps no cache to share, so its policy pass runs row by row.
+    assert trainer.policy_passes == [(4, videos)]
     logged = trainer.state.log_history[0]
     assert "rewards/varied_reward/mean" in logged and "kl" in logged
 
@@ -339,6 +369,42 @@ def test_shared_prefix_equals_row_by_row_with_groups_split_and_entropies(
     out = logps_both_ways(trainer, model, ids, mask, batch_size=6)
     assert (out[False][2], out[True][2]) == (6, 2)
     assert torch.allclose(out[True][0][valid], out[False][0][valid], atol=1e-4)
+
+
+def test_the_policy_pass_on_shared_prefixes_has_the_row_by_row_gradients(
+    tiny_models, frame_store, tmp_path
+):
+    """Under training the gradient reaches each prompt + clip through its cached keys and
+    values: every parameter's gradient, the vision tower's included, is the one of
+    running each row whole."""
+    trainer, model, processor = tiny_trainer(tiny_models, frame_store, tmp_path)
+    ids, mask = crafted_video_batch(trainer, processor, frame_store)
+    valid = mask[:, -6:].float()
+    model.train()
+    grads, videos, logps = {}, {}, {}
+    for shared in (False, True):
+        trainer.shared_prefix = shared
+        model.zero_grad()
+        with VisionCalls(model) as calls:
+            logps[shared], entropies, _ = trainer._get_per_token_logps_and_entropies(
+                model, ids, mask, 6, compute_entropy=True
+            )
+        # A loss of TRL's shape: per-token terms weighted by row, entropy among them.
+        weights = torch.arange(1.0, ids.size(0) + 1).unsqueeze(1)
+        ((logps[shared] * weights + 0.1 * entropies) * valid).sum().backward()
+        grads[shared] = {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+        videos[shared] = calls.items
+    assert videos == {False: 6, True: 2}
+    assert torch.allclose(logps[True][valid.bool()], logps[False][valid.bool()], atol=1e-4)
+    assert grads[True].keys() == grads[False].keys()
+    visual = [g for n, g in grads[True].items() if "visual" in n]
+    assert visual and sum(float(g.abs().sum()) for g in visual) > 0
+    for name, row_grad in grads[False].items():
+        scale = float(row_grad.abs().max()) or 1.0
+        diff = float((grads[True][name] - row_grad).abs().max())
+        assert diff <= 1e-4 * scale, (name, diff, scale)
 
 
 def test_a_model_that_cannot_share_a_prefix_is_scored_row_by_row(

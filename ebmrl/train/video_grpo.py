@@ -27,12 +27,17 @@ It also makes the loss the paper's:
 
 And it does the no-gradient work once per prompt:
 
-7. with ``shared_prefix`` (on by default), the reference pass and the old-policy pass
-   (when TRL computes one) run each prompt's prompt + video once (one vision-tower call
-   per prompt) and only each completion on top of its cached prefix
-   (``ebmrl.models.shared_prefix``); the log-probs equal the row-by-row ones (tested).
-   A model that cannot share a prefix (``unsupported_reason``) keeps the row-by-row
-   path, with one warning. The policy pass under training stays row by row.
+7. with ``shared_prefix`` (on by default), every log-prob pass (the reference pass, the
+   old-policy pass when TRL computes one, and the policy pass under training) runs each
+   prompt's prompt + video once (one vision-tower call per prompt) and only each
+   completion on top of its cached prefix (``ebmrl.models.shared_prefix``); the
+   log-probs, and in the policy pass the loss's gradients, equal the row-by-row ones
+   (tested). In the policy pass the gradient reaches the prefix (the vision tower
+   included) through its cached keys and values. A model that cannot share a prefix
+   (``unsupported_reason``) keeps the row-by-row path, with one warning; so does the
+   policy pass where the model is wrapped for several processes (DDP, FSDP, DeepSpeed:
+   two forward calls before one backward) or uses gradient checkpointing (which keeps
+   no cache).
 
 It logs where a step's time goes, every optimiser step, next to TRL's ``step_time``:
 ``timing/generation``, ``timing/rewards`` and ``timing/rewards/<name>``,
@@ -509,13 +514,26 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
 
     # ------------------------------------------------------------ shared prefixes
     def _may_share_prefix(self, model, compute_aux_loss: bool) -> bool:
-        if not self.shared_prefix or torch.is_grad_enabled() or compute_aux_loss:
+        if not self.shared_prefix or compute_aux_loss:
             return False
         reason = unsupported_reason(self.accelerator.unwrap_model(model))
+        if reason is None and torch.is_grad_enabled():
+            reason = self._no_shared_prefix_with_gradient(model)
         if reason is not None and reason not in self._unshared_reasons:
             self._unshared_reasons.add(reason)
             log.warning("shared prefixes off for this model (%s): scoring row by row", reason)
         return reason is None
+
+    def _no_shared_prefix_with_gradient(self, model) -> str | None:
+        """Why the policy pass under training cannot share prefixes here (None: it can)."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type != DistributedType.NO:
+            # DDP/FSDP/DeepSpeed wrappers expect one forward call per backward.
+            return f"policy pass under {self.accelerator.distributed_type.value}"
+        if getattr(self.accelerator.unwrap_model(model), "is_gradient_checkpointing", False):
+            return "policy pass with gradient checkpointing"
+        return None
 
     def _prompt_groups(self, input_ids, attention_mask, prompt_width: int) -> list[list[int]]:
         """Rows with the same prompt tokens and the same clip, in row order."""
