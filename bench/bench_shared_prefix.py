@@ -288,6 +288,7 @@ def main() -> None:
     G = args.group_size
     results = {}
     video_tokens = 0
+    policy = trainer.model
     for shared in (True, False):
 
         def reference(group: int, shared=shared):
@@ -311,8 +312,6 @@ def main() -> None:
             return reward.score(
                 texts, [prompt] * G, ["clip"] * G, [reference_reply] * G, [f"p{group}"] * G
             ).values
-
-        policy = trainer.model
 
         def policy_step(group: int, shared=shared):
             ids, mask, _ = reference_batch(trainer, processor, store, prompt, args, group)

@@ -37,6 +37,7 @@ STAGES: dict[str, str] = {
     "grpo": "grpo",
     "videoqa": "videoqa",
     "evaluate": "evaluate",
+    "report": "report",
     "serve": "serve",  # a command, not a DVC stage
 }
 

@@ -739,8 +739,17 @@ class AutoMetricsSection(Section):
     batch_size: PositiveInt = 64
 
 
+# evaluate.<key> -> report.<key>: the report became a stage of its own.
+MOVED_TO_REPORT = {
+    "videoqa_metrics": "videoqa_metrics",
+    "training_log": "training_log",
+    "report_frames": "frames_per_sample",
+}
+
+
 class EvaluateSection(Section):
-    """Judge + automatic metrics of each system on the test split, and the HTML report."""
+    """Judge + automatic metrics of each system on the test split (the report stage renders
+    them)."""
 
     dataset: str = "data/dataset"
     frames: str = "data/frames"
@@ -752,20 +761,27 @@ class EvaluateSection(Section):
     # Requests to each system (an endpoint, or its local model): retries, concurrency.
     system_requests: RequestsSection = RequestsSection()
     cache: str = "data/eval_cache"  # outputs and judgements; reruns reuse them
-    out: str = "reports/eval"  # index.html + results.json
+    out: str = "reports/eval"  # results.json (every sample, every score; the report reads it)
     metrics: str = "metrics/eval.json"
     plot_data: str = "metrics/eval_plot.json"
-    # VideoQA metrics folder shown in the report. Null (the default): the report leaves
-    # them out and evaluate does not depend on videoqa, so the two run at the same time;
-    # a folder (metrics/videoqa) adds the tables, once listed in evaluate's dvc.yaml deps.
-    videoqa_metrics: str | None = None
-    training_log: str | None = "metrics/grpo_log.json"  # reward curves in the report
-    report_frames: Annotated[int, Field(ge=0, le=64)] = 8
     torch_threads: Annotated[int, Field(ge=1, le=1024)] | None = 1
     automatic: AutoMetricsSection = AutoMetricsSection()
     judge: JudgeSection = JudgeSection()
 
     _unique = field_validator("systems")(_unique_names)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_to_report(cls, data: Any) -> Any:
+        """Keys that left for the ``report`` section: say where, not only "unknown"."""
+        if isinstance(data, dict):
+            for old, new in MOVED_TO_REPORT.items():
+                if old in data:
+                    raise ValueError(
+                        f"{old} moved to the report section (report.{new}): the report stage "
+                        "renders the page from evaluate's and videoqa's results"
+                    )
+        return data
 
     @model_validator(mode="after")
     def _pairs_name_systems(self) -> EvaluateSection:
@@ -777,6 +793,19 @@ class EvaluateSection(Section):
                     f"judge.pairwise.pairs names {unknown}, not among the systems {sorted(names)}"
                 )
         return self
+
+
+class ReportSection(Section):
+    """The offline HTML report, rendered after both ``evaluate`` and ``videoqa`` (which run
+    side by side): evaluate's results, each sample's frames, the VideoQA tables, the GRPO
+    reward curves."""
+
+    results: str = "reports/eval/results.json"  # evaluate's results (<evaluate.out>/results.json)
+    frames: str = "data/frames"  # the frame store: thumbnails of each sample's clip
+    frames_per_sample: Annotated[int, Field(ge=0, le=64)] = 8
+    videoqa_metrics: str | None = "metrics/videoqa"  # <videoqa.metrics> (null: no tables)
+    training_log: str | None = "metrics/grpo_log.json"  # <grpo.log_history> (null: no curves)
+    out: str = "reports/eval/index.html"
 
 
 class BenchmarkSection(Section):
@@ -907,6 +936,7 @@ class Params(Section):
     grpo: GrpoSection = GrpoSection()
     evaluate: EvaluateSection = EvaluateSection()
     videoqa: VideoQASection = VideoQASection()
+    report: ReportSection = ReportSection()
     tracking: TrackingSection = TrackingSection()
     checkpoints: CheckpointsSection = CheckpointsSection()
 

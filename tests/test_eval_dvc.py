@@ -24,9 +24,11 @@ def dvc_yaml():
 
 def test_stages_list_the_params_they_read_and_declare_their_metrics(dvc_yaml):
     params = load(REPO / "params.yaml")
-    evaluate, videoqa = dvc_yaml["stages"]["evaluate"], dvc_yaml["stages"]["videoqa"]
+    stages = dvc_yaml["stages"]
+    evaluate, videoqa, report = stages["evaluate"], stages["videoqa"], stages["report"]
     assert evaluate["cmd"] == "ebmrl evaluate" and videoqa["cmd"] == "ebmrl videoqa"
-    for stage in (evaluate, videoqa):
+    assert report["cmd"] == "ebmrl report"
+    for stage in (evaluate, videoqa, report):
         for key in stage["params"]:
             section, _, field = key.partition(".")
             assert hasattr(params, section), key
@@ -41,14 +43,20 @@ def test_stages_list_the_params_they_read_and_declare_their_metrics(dvc_yaml):
     assert all(
         next(iter(m.values()))["cache"] is False for m in evaluate["metrics"] + videoqa["metrics"]
     )
-    # No path between evaluate and videoqa (evaluate.videoqa_metrics is null): the
-    # pipeline runs them at the same time.
-    assert params.evaluate.videoqa_metrics is None
+    # No path between evaluate and videoqa: the pipeline runs them at the same time. The
+    # report stage reads both, and the GRPO log, as params.yaml's report section says.
     assert not [d for d in evaluate["deps"] if d.startswith(params.videoqa.metrics)]
     videoqa_outs = {next(iter(o)) if isinstance(o, dict) else o for o in videoqa["outs"]}
     assert videoqa_outs.isdisjoint(evaluate["deps"])
+    assert "reports/eval/results.json" in evaluate["outs"]
+    assert params.report.results == f"{params.evaluate.out}/results.json"
+    for path in (params.report.results, params.report.frames, params.videoqa.metrics):
+        assert path in report["deps"], path
+    assert params.report.videoqa_metrics == params.videoqa.metrics
+    assert params.report.training_log == params.grpo.log_history in report["deps"]
+    assert report["outs"] == [params.report.out]
     # Every source file and fixture a stage depends on exists.
-    for stage in (evaluate, videoqa):
+    for stage in (evaluate, videoqa, report):
         for dep in stage["deps"]:
             if dep.startswith(("ebmrl/", "tests/")):
                 assert (REPO / dep).exists(), dep

@@ -502,9 +502,6 @@ def stage_params(tmp_path, demo_store, tiny_models, urls, protocol, subset_seed=
             "out": str(tmp_path / "reports" / "eval"),
             "metrics": str(tmp_path / "metrics" / "eval.json"),
             "plot_data": str(tmp_path / "metrics" / "eval_plot.json"),
-            "videoqa_metrics": None,
-            "training_log": None,
-            "report_frames": 2,
             "automatic": {"bertscore": False, "clipscore": False},
             "judge": {
                 "backend": {
@@ -522,6 +519,14 @@ def stage_params(tmp_path, demo_store, tiny_models, urls, protocol, subset_seed=
                 "serve_local": False,
                 "pairwise": {"enabled": True, "pairs": [["grpo", "chat"]]},
             },
+        },
+        "report": {
+            "results": str(tmp_path / "reports" / "eval" / "results.json"),
+            "frames": str(demo_store["frames"]),
+            "frames_per_sample": 2,
+            "videoqa_metrics": None,
+            "training_log": None,
+            "out": str(tmp_path / "reports" / "eval" / "index.html"),
         },
     }
 
@@ -546,6 +551,7 @@ def stage(tmp_path, demo_store, tiny_models, http_model):
         path.write_text(yaml.safe_dump(params))
         args = ["--params", str(path), "evaluate"] + ([] if tracking else ["--no-tracking"])
         assert main(args) == 0
+        assert main(["--params", str(path), "report", "--no-tracking"]) == 0
         results = json.loads((tmp_path / "reports" / "eval" / "results.json").read_text())
         metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
         return results, metrics

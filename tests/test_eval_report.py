@@ -238,3 +238,97 @@ def test_the_new_report_section_renders_in_headless_chromium(tmp_path):
     assert share((0xF5, 0x85, 0x18), 30) > 1e-4  # the second curve's stroke
     top_ink, spread = ink(png)
     assert top_ink > 0.05 and spread > 20, (top_ink, spread)
+
+
+# ---------------------------------------------------------------- the report stage
+def stage_inputs(tmp_path, demo_store, **report):
+    """evaluate's results.json (``report_data`` without what the report stage adds), the
+    VideoQA folder, the GRPO log, a params file whose report section points at them."""
+    import json
+
+    import yaml
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = report_data()
+    videoqa, history = data.pop("videoqa"), data.pop("reward_history")
+    clip_id = demo_store["clips"][0].clip_id
+    for sample in data["samples"]:
+        sample.pop("frames")
+        sample["clip_id"] = clip_id if sample["clip_problem"] is None else "zzz"
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    (tmp_path / "videoqa").mkdir()
+    (tmp_path / "videoqa" / "nextqa.json").write_text(json.dumps(videoqa["nextqa"]))
+    (tmp_path / "grpo_log.json").write_text(json.dumps(history))
+    section = {
+        "results": str(tmp_path / "results.json"),
+        "frames": str(demo_store["frames"]),
+        "frames_per_sample": 3,
+        "videoqa_metrics": str(tmp_path / "videoqa"),
+        "training_log": str(tmp_path / "grpo_log.json"),
+        "out": str(tmp_path / "out" / "index.html"),
+        **report,
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"report": section}))
+    return path, tmp_path / "out" / "index.html"
+
+
+def test_the_report_stage_puts_results_videoqa_curves_and_frames_on_one_page(
+    tmp_path, demo_store, capsys
+):
+    from ebmrl.cli import main
+
+    params, page = stage_inputs(tmp_path, demo_store)
+    assert main(["--params", str(params), "report", "--no-tracking"]) == 0
+    html = page.read_text()
+    assert no_external_resources(html) == []
+    assert "Zero-shot VideoQA" in html and "nextqa" in html and "GRPO reward curves" in html
+    assert html.count("data:image/jpeg;base64,") == 3  # the readable clip's thumbnails
+    assert "clip zzz unreadable: gone" in html  # evaluate's reason for the other sample
+    assert "1 VideoQA table(s), reward curves" in capsys.readouterr().out
+    first = page.read_bytes()
+    assert main(["--params", str(params), "report", "--no-tracking"]) == 0
+    assert page.read_bytes() == first  # nothing new computed: the same bytes
+
+
+def test_the_report_stage_without_videoqa_or_curves_and_a_missing_input(tmp_path, demo_store):
+    from ebmrl.cli import main
+
+    params, page = stage_inputs(
+        tmp_path, demo_store, videoqa_metrics=None, training_log=None, frames_per_sample=0
+    )
+    assert main(["--params", str(params), "report", "--no-tracking"]) == 0
+    html = page.read_text()
+    assert "Zero-shot VideoQA" not in html and "GRPO reward curves" not in html
+    assert "data:image/jpeg" not in html
+
+    missing = tmp_path / "nowhere"
+    params, page = stage_inputs(tmp_path / "b", demo_store, videoqa_metrics=str(missing))
+    completed = subprocess_cli(params)
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines() == [
+        f"error: report.videoqa_metrics does not exist (null: no VideoQA tables): {missing}"
+    ]
+    assert not page.exists()
+
+
+def subprocess_cli(params):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ebmrl = Path(sys.executable).parent / "ebmrl"
+    return subprocess.run(
+        [str(ebmrl), "--params", str(params), "report", "--no-tracking"],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_keys_that_moved_to_the_report_section_say_where():
+    from ebmrl.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"report_frames moved to the report section"):
+        validate({"evaluate": {"report_frames": 4}})
+    with pytest.raises(ConfigError, match=r"report\.videoqa_metrics"):
+        validate({"evaluate": {"videoqa_metrics": "metrics/videoqa"}})

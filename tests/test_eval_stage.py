@@ -58,8 +58,6 @@ def workspace(tmp_path, demo_data, demo_store, tiny_models, http_model):
             "out": str(tmp_path / "reports" / "eval"),
             "metrics": str(tmp_path / "metrics" / "eval.json"),
             "plot_data": str(tmp_path / "metrics" / "eval_plot.json"),
-            "videoqa_metrics": str(tmp_path / "metrics" / "videoqa"),
-            "training_log": str(tmp_path / "grpo_log.json"),
             "torch_threads": 1,
             "judge": {
                 "backend": {"max_retries": 0},
@@ -87,6 +85,13 @@ def workspace(tmp_path, demo_data, demo_store, tiny_models, http_model):
             "cache": str(tmp_path / "videoqa_cache"),
             "metrics": str(tmp_path / "metrics" / "videoqa"),
             "torch_threads": 1,
+        },
+        "report": {
+            "results": str(tmp_path / "reports" / "eval" / "results.json"),
+            "frames": str(demo_store["frames"]),
+            "videoqa_metrics": str(tmp_path / "metrics" / "videoqa"),
+            "training_log": str(tmp_path / "grpo_log.json"),
+            "out": str(tmp_path / "reports" / "eval" / "index.html"),
         },
     }
     path = tmp_path / "params.yaml"
@@ -169,6 +174,7 @@ def test_evaluate_end_to_end_with_a_judge_over_http(workspace, http_model, capsy
     rows = json.loads((root / "metrics" / "eval_plot.json").read_text())
     assert {"metric": "VEG", "system": "grpo", "value": 70.0} in rows
 
+    assert main(["--params", str(params_path), "report", "--no-tracking"]) == 0
     html = (root / "reports" / "eval" / "index.html").read_text()
     assert no_external_resources(html) == []
     assert "nextqa" in html and "GRPO reward curves" in html and "ModelLoadError" in html
@@ -206,6 +212,7 @@ def test_evaluate_end_to_end_with_a_judge_over_http(workspace, http_model, capsy
     assert again["generation"]["base"]["completed"] == 0
     assert again["generation"]["base"]["cache_hits"] == 3
     assert again["judge"]["cache_hits"] == 9 and again["judge"]["requests"] == 0
+    assert main(["--params", str(params_path), "report", "--no-tracking"]) == 0
     assert {path: path.read_bytes() for path in written} == written
 
 
@@ -229,6 +236,7 @@ def test_demo_judge_is_the_tiny_vlm_behind_ebmrl_serve_and_never_invents_scores(
         "metrics": ["veg", "cn"],
         "pairwise": {"enabled": False},  # one system: nothing to compare
     }
+    params["report"]["videoqa_metrics"] = None  # videoqa does not run here
     params_path.write_text(yaml.safe_dump(params))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "eval-test")
@@ -246,6 +254,7 @@ def test_demo_judge_is_the_tiny_vlm_behind_ebmrl_serve_and_never_invents_scores(
         j["not_scored"] for s in results["samples"] for j in s["systems"]["grpo"]["judge"].values()
     }
     assert reasons and all(r.startswith("invalid JSON after 2 attempt(s)") for r in reasons)
+    assert main(["--params", str(params_path), "report", "--no-tracking"]) == 0
     html = (root / "reports" / "eval" / "index.html").read_text()
     assert "invalid JSON after 2 attempt(s)" in html
     assert "The judge here is a tiny model built for the demo" in html

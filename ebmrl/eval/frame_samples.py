@@ -60,3 +60,8 @@ def jpeg_data_url(frame: np.ndarray, quality: int = 80) -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(buffer, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def thumbnails(frames: np.ndarray, count: int, max_side: int = 160) -> list[str]:
+    """``count`` evenly spread frames of a clip as small inline JPEGs (the report's)."""
+    return [jpeg_data_url(f) for f in shrink(spread_frames(frames, count), max_side)]

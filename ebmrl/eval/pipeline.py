@@ -18,7 +18,7 @@ import numpy as np
 from ebmrl.backends import GenerationClient
 from ebmrl.config import DecodingSection, EvalSystemSection
 from ebmrl.eval import auto_metrics, summaries
-from ebmrl.eval.frame_samples import clip_judge_frames, jpeg_data_url, judge_frames, shrink
+from ebmrl.eval.frame_samples import clip_judge_frames, judge_frames
 from ebmrl.eval.generation import GREEDY, ClipFrames, generate_outputs, outputs_by_sample
 from ebmrl.eval.judge import METRICS, Judge, JudgeContext
 from ebmrl.eval.outputs import SystemOutput
@@ -27,7 +27,7 @@ from ebmrl.frame_store import FrameStore, MissingClipError
 from ebmrl.prompts.conversation import prompt_id
 from ebmrl.schema import ProfileBook, Sample
 from ebmrl.tags import DEFAULT_TAGS, TagNames
-from ebmrl.video import VideoError, spread_frames
+from ebmrl.video import VideoError
 
 
 # -------------------------------------------------------------------- evaluation
@@ -162,7 +162,6 @@ def evaluate_outputs(
     bert: Any = None,
     clip: Any = None,
     bert_batch_size: int = 64,
-    report_frames: int = 8,
     progress: bool = False,
 ) -> EvaluationResult:
     """Automatic metrics over every sample, the judge over a seeded random
@@ -226,8 +225,6 @@ def evaluate_outputs(
     records = []
     for s in samples:
         key = prompt_id(s)
-        frames = clips.of(s)
-        thumbs = [] if frames is None or not report_frames else _thumbnails(frames, report_frames)
         records.append(
             summaries.sample_record(
                 contexts[key],
@@ -235,7 +232,6 @@ def evaluate_outputs(
                 judgements.get(key) if judgements is not None else None,
                 auto_rows.get(key, {}),
                 history=[(t.speaker, t.utterance) for t in s.dialogue],
-                frames=thumbs,
                 clip_problem=clips.why_missing(s),
             )
         )
@@ -261,7 +257,3 @@ def evaluate_outputs(
         judge_protocol=protocol,
         judged=judged,
     )
-
-
-def _thumbnails(frames: np.ndarray, count: int) -> list[str]:
-    return [jpeg_data_url(f) for f in shrink(spread_frames(frames, count), 160)]

@@ -284,10 +284,10 @@ def sample_record(
     auto_rows: Mapping[str, Mapping[str, Any]],
     *,
     history: Sequence[tuple[str, str]],
-    frames: Sequence[str] = (),
     clip_problem: str | None = None,
 ) -> dict[str, Any]:
-    """Everything the report shows about one sample (JSON-able)."""
+    """Everything the report shows about one sample (JSON-able) but its frames (the
+    report stage adds them from the frame store)."""
     systems: dict[str, Any] = {}
     for output in outputs:
         judged: dict[str, Any] = {}
@@ -318,7 +318,6 @@ def sample_record(
         "history": [list(turn) for turn in history],
         "reference": context.reference,
         "clip_problem": clip_problem,
-        "frames": list(frames),
         "judged": judgements is not None,
         "systems": systems,
     }

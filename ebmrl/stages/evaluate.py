@@ -1,12 +1,13 @@
 """``ebmrl evaluate``: judge (VEG/SPC/CN) + automatic metrics of each system on the test
-split, and the HTML report (params: ``evaluate``; ``models.vlm``/``dtype``/``device``/
-``attn_implementation`` for local systems and the local judge, ``models.clip``/
-``clip_pretrained`` for CLIPScore, ``models.text_encoder``/``text_encoder_layers`` for
-BERTScore; ``tracking`` for MLflow).
+split (params: ``evaluate``; ``models.vlm``/``dtype``/``device``/``attn_implementation``
+for local systems and the local judge, ``models.clip``/``clip_pretrained`` for
+CLIPScore, ``models.text_encoder``/``text_encoder_layers`` for BERTScore; ``tracking``
+for MLflow).
 
 Writes ``evaluate.metrics`` (``metrics/eval.json``, for ``dvc metrics``),
-``evaluate.plot_data`` (rows for the per-metric bar plots), and ``<evaluate.out>/``
-``index.html`` (offline report) + ``results.json`` (every sample, every score). Outputs
+``evaluate.plot_data`` (rows for the per-metric bar plots) and
+``<evaluate.out>/results.json`` (every sample, every score: what ``ebmrl report`` renders
+as the offline page, beside the VideoQA tables, once both stages have run). Outputs
 and judgements are cached under ``evaluate.cache``: a rerun regenerates and re-judges
 only what changed. A sample that cannot be scored (missing clip, judge down, a judge
 that answers in prose) is reported with its reason; the stage still finishes. Run
@@ -32,7 +33,7 @@ from pathlib import Path
 from ebmrl.backends.base import Backend
 from ebmrl.config import JudgeSection, ModelsSection, Params
 
-HELP = "evaluate the systems: VEG/SPC/CN judge, BERTScore/ROUGE-L/CLIPScore/format, report"
+HELP = "evaluate the systems: VEG/SPC/CN judge, BERTScore/ROUGE-L/CLIPScore/format"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,32 +62,6 @@ def _judge_section(params: Params, args: argparse.Namespace):
         )
         judge = judge.model_copy(update={"backend": backend, "serve_local": False})
     return judge
-
-
-def _reward_history(path: str | None) -> list | None:
-    if not path or not Path(path).is_file():
-        return None
-    from ebmrl.io import read_json
-
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, list) else None
-
-
-def _videoqa_summaries(folder: str | None) -> dict:
-    if not folder or not Path(folder).is_dir():
-        return {}
-    from ebmrl.io import read_json
-
-    out = {}
-    for path in sorted(Path(folder).glob("*.json")):
-        try:
-            out[path.stem] = read_json(path)
-        except (OSError, ValueError):
-            continue
-    return out
 
 
 def _is_tiny(model: str | None) -> bool:
@@ -157,9 +132,8 @@ def run(params: Params, args: argparse.Namespace) -> int:
     from ebmrl.eval import pipeline
     from ebmrl.eval.generation import load_clip_frames
     from ebmrl.eval.judge import Judge
-    from ebmrl.eval.report import render_report
     from ebmrl.frame_store import ShardedFrameStore
-    from ebmrl.io import atomic_write_text, write_json
+    from ebmrl.io import write_json
 
     if not args.no_tracking:
         tracking.require_mlflow()  # before any model loads
@@ -238,7 +212,6 @@ def run(params: Params, args: argparse.Namespace) -> int:
                 bert=bert,
                 clip=clip,
                 bert_batch_size=section.automatic.batch_size,
-                report_frames=section.report_frames,
                 progress=True,
             )
             if judged:
@@ -278,7 +251,7 @@ def run(params: Params, args: argparse.Namespace) -> int:
             judgement_cache.close()
             store.close()
         decoding = section.decoding
-        report = {
+        results = {
             "title": "EBM-RL evaluation",
             "about": _about(section, models, judge_section, judged, samples),
             "info": {
@@ -302,23 +275,16 @@ def run(params: Params, args: argparse.Namespace) -> int:
             "judge": result.judge,
             "auto": result.auto,
             "pairwise": result.pairwise,
-            "videoqa": _videoqa_summaries(section.videoqa_metrics),
             "plot_rows": result.plot_rows,
-            "reward_history": _reward_history(section.training_log),
             "samples": result.records,
         }
         out = Path(section.out)
-        results = {
-            **{k: v for k, v in report.items() if k != "samples"},
-            "samples": [{k: v for k, v in r.items() if k != "frames"} for r in result.records],
-        }
         run_stats = {
             "generation": generation_stats,
             "judge": result.judge_stats,
             "seconds": round(time.perf_counter() - started, 2),
         }
         write_json(out / "results.json", results)
-        atomic_write_text(out / "index.html", render_report(report))
         write_json(section.metrics, result.metrics)
         write_json(section.plot_data, result.plot_rows)
         if mlflow is not None:
@@ -327,7 +293,6 @@ def run(params: Params, args: argparse.Namespace) -> int:
             if result.judge_protocol:
                 # ".../judge/<metric>" is ours; ".../judge/authors/<metric>" the authors'.
                 mlflow.set_tag("ebmrl.judge_protocol", result.judge_protocol)
-            mlflow.log_artifact(str(out / "index.html"))
             mlflow.log_artifact(str(out / "results.json"))
     print(f"evaluate run: {json.dumps(run_stats)}")
     _print_summary(result, out, time.perf_counter() - started)
@@ -355,4 +320,4 @@ def _print_summary(result, out: Path, seconds: float) -> None:
             if entry.get("not_scored_reasons"):
                 line += f" not scored: {entry['not_scored_reasons']}"
         print(line)
-    print(f"evaluate: {len(result.records)} sample(s) in {seconds:.1f}s -> {out / 'index.html'}")
+    print(f"evaluate: {len(result.records)} sample(s) in {seconds:.1f}s -> {out / 'results.json'}")
