@@ -195,6 +195,30 @@ def restore_stage(repo: str, stage: str) -> None:
     restore_from_run_cache(repo, stage, get_run_logger().info)
 
 
+def workspace_mode(
+    workspaces: bool | None, gpu_deployment: str | None, remote: str | None
+) -> tuple[bool, str]:
+    """Whether the GPU stages run in workspaces of their own, and why (for the log).
+
+    ``workspaces`` None (the default): yes when they go to a deployment and the checkout
+    has a default DVC remote, the one path a worker that shares nothing with this
+    machine can reach; without a remote the workers must share this checkout.
+    """
+    if not gpu_deployment:
+        return False, "no gpu_deployment: every stage runs in the pipeline's process"
+    if workspaces is not None:
+        return workspaces, f"workspaces={workspaces} as asked"
+    if remote:
+        return True, (
+            f"the GPU stages run in workspaces of their own on their workers, their data "
+            f"through the default DVC remote {remote!r}"
+        )
+    return False, (
+        "no default DVC remote: the GPU workers run the stages in this checkout, which they "
+        "must share (dvc remote add -d NAME URL for workers that share nothing)"
+    )
+
+
 def _tracking_for(repo: str, tracking_uri: str | None, experiment: str | None) -> Tracking:
     resolved = resolve_tracking(repo)
     return Tracking(tracking_uri or resolved.uri, experiment or resolved.experiment)
@@ -391,7 +415,7 @@ def pipeline(
     gpu_deployment: str | None = None,
     retries: int = DEFAULT_RETRIES,
     retry_delay_s: float = DEFAULT_RETRY_DELAY_S,
-    workspaces: bool = False,
+    workspaces: bool | None = None,
     git_url: str | None = None,
     allow_dirty: bool = False,
     worker_lost_s: float = DEFAULT_WORKER_LOST_S,
@@ -405,13 +429,18 @@ def pipeline(
     workspaces: each GPU stage runs in a workspace of its own on its worker (a clone of
     this checkout's commit from ``git_url``, default its ``origin``; data through the
     DVC remote), then is restored here from DVC's run cache; uncommitted changes are
-    refused unless ``allow_dirty``. A GPU stage whose flow run crashed, or whose worker
-    sent no heartbeat for ``worker_lost_s``, is resubmitted up to ``retries`` times.
+    refused unless ``allow_dirty``. Default (None): workspaces whenever the checkout has
+    a default DVC remote (``workspace_mode``); False: the workers share this checkout.
+    A GPU stage whose flow run crashed, or whose worker sent no heartbeat for
+    ``worker_lost_s``, is resubmitted up to ``retries`` times.
     """
     logger = get_run_logger()
     repo = str(Path(repo).resolve())
     check_params(repo)
-    if workspaces and gpu_deployment:
+    remote = default_remote(repo) if gpu_deployment and workspaces is None else None
+    workspaces, why = workspace_mode(workspaces, gpu_deployment, remote)
+    logger.info("GPU stages: %s", why)
+    if workspaces:
         pipeline_origin(repo, git_url, allow_dirty)  # refuses a dirty checkout now
     order = stage_order(repo)
     selected = only_known_stages(stages, order) if stages else order

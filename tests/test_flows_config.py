@@ -138,3 +138,18 @@ def test_services_refuse_to_start_without_credentials(tmp_path, monkeypatch):
     )
     assert code.returncode == 1 and "AWS_ACCESS_KEY_ID" in code.stderr
     assert not (tmp_path / "run" / "services.json").exists()
+
+
+def test_workspaces_by_default_wherever_a_dvc_remote_is_the_shared_path():
+    mode = flows_pipeline.workspace_mode
+    assert mode(None, "ebmrl-stage/gpu", "storage")[0] is True
+    shared, why = mode(None, "ebmrl-stage/gpu", None)
+    assert shared is False and "no default DVC remote" in why and "dvc remote add -d" in why
+    assert mode(False, "ebmrl-stage/gpu", "storage")[0] is False  # asked: a shared checkout
+    assert mode(True, "ebmrl-stage/gpu", None)[0] is True  # asked: the origin check says why not
+    assert mode(True, None, "storage") == (
+        False,
+        "no gpu_deployment: every stage runs in the pipeline's process",
+    )
+    default = inspect.signature(flows_pipeline.pipeline.fn).parameters["workspaces"].default
+    assert default is None

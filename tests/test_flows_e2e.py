@@ -105,7 +105,11 @@ def stack(tmp_path_factory, demo_data):
 
         prefect = Prefect(api_url)
         began = time.perf_counter()
-        flow_run = prefect.trigger("ebmrl-pipeline/default", {"retry_delay_s": 1})
+        # The shared-checkout mode (the workers run the stages in this clone; its params
+        # are uncommitted): test_flows_workspaces_e2e.py runs the default, workspaces.
+        flow_run = prefect.trigger(
+            "ebmrl-pipeline/default", {"retry_delay_s": 1, "workspaces": False}
+        )
         flow_run = prefect.wait(flow_run.id, timeout_s=1500)
         print(
             f"pipeline flow run {flow_run.state.type.value} in {time.perf_counter() - began:.0f}s"
@@ -161,7 +165,9 @@ def test_the_deployed_pipeline_completes_despite_a_transient_failure(stack):
 def test_a_pipeline_with_nothing_to_do_hands_nothing_to_the_gpu_pool(stack):
     """Only the stages `dvc status` says must run are run or handed off."""
     began = time.perf_counter()
-    flow_run = stack.prefect.trigger("ebmrl-pipeline/default", {"retry_delay_s": 1})
+    flow_run = stack.prefect.trigger(
+        "ebmrl-pipeline/default", {"retry_delay_s": 1, "workspaces": False}
+    )
     flow_run = stack.prefect.wait(flow_run.id, timeout_s=600)
     elapsed = time.perf_counter() - began
     print(f"\nno-op pipeline flow run: {elapsed:.1f}s")

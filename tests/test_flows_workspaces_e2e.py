@@ -124,9 +124,9 @@ def test_gpu_stages_on_workers_sharing_nothing_survive_a_killed_worker(tmp_path,
 
         started["gpu-a"] = gpu_worker("a")
         prefect = Prefect(api_url)
+        # The deployment's defaults: with a default DVC remote, workspaces of their own.
         flow_run = prefect.trigger(
-            "ebmrl-pipeline/default",
-            {"workspaces": True, "retry_delay_s": 1, "worker_lost_s": 20},
+            "ebmrl-pipeline/default", {"retry_delay_s": 1, "worker_lost_s": 20}
         )
         s3 = services.s3_client(started["s3"].url, credentials)
         deadline = time.monotonic() + 1800
@@ -144,6 +144,7 @@ def test_gpu_stages_on_workers_sharing_nothing_survive_a_killed_worker(tmp_path,
         flow_run = prefect.wait(flow_run.id, timeout_s=1800)
         logs = "\n".join(prefect.logs([flow_run.id]))
         assert flow_run.state.type.value == "COMPLETED", (flow_run.state, logs[-5000:])
+        assert "GPU stages: the GPU stages run in workspaces of their own" in logs
 
         children = {run_.name: run_ for run_ in prefect.children(flow_run.id)}
         assert children["grpo"].state.type.value == "CRASHED"
