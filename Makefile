@@ -90,8 +90,11 @@ services-status: $(STAMP)
 deploy: $(STAMP)
 	$(WITH_SERVICES) env -u EBMRL_CODE_DIR $(BIN)/prefect --no-prompt deploy --all
 
+# The local services' workers clone the pipeline's commit from this checkout (with a DVC
+# remote, GPU stages run in workspaces of their own): no push to `origin` needed.
 pipeline: $(STAMP)
-	$(WITH_SERVICES) $(BIN)/prefect deployment run ebmrl-pipeline/default --watch
+	$(WITH_SERVICES) $(BIN)/prefect deployment run ebmrl-pipeline/default \
+		--param "git_url=$(CURDIR)" --watch
 
 # One GPU machine's worker (deploy/README.md): work pool `gpu`, one stage at a time, each
 # in a workspace of its own under GPU_SCRATCH; PREFECT_API_URL, MLFLOW_TRACKING_URI and

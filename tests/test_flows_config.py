@@ -85,6 +85,8 @@ def test_make_has_the_service_targets():
     assert "flows.services --run-dir .services down" in dry.stdout
     assert "prefect --no-prompt deploy --all" in dry.stdout
     assert "deployment run ebmrl-pipeline/default" in dry.stdout
+    # The local workers clone the pipeline's commit from this checkout, not from origin.
+    assert f'--param "git_url={REPO}"' in dry.stdout
 
 
 def test_make_gpu_worker_starts_a_gpu_pool_worker_with_a_scratch_folder():
