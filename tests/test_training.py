@@ -183,16 +183,16 @@ def test_grpo_raises_the_total_reward(tmp_path, tiny_models, inputs, sft_result,
     SFT never saw, by at least three standard errors of the window means' difference.
 
     The prompts are the held-out split: on its own training prompts the SFT model is
-    already near the ceiling, so GRPO has nothing left to learn there. Four prompts, two
-    per step: every window of 10 steps covers each prompt exactly 5 times, so the first
-    and last windows differ by what the policy learned, not by which prompts they drew.
+    already near the ceiling, so GRPO has nothing left to learn there. All four prompts
+    in every step (gradient accumulation 4, G = 8 each): a step's mean reward differs from
+    another's by what the policy learned and by sampling, never by which prompts it drew.
     The CLIP reward is the trained tiny CLIP's: it pays for perceptions that state what
     the frames show.
     """
     params = params_for(
         tmp_path, tiny_models,
         grpo={"init_model": str(sft_result.final_dir), "max_steps": LEARNING_STEPS,
-              "seed": seed},
+              "seed": seed, "gradient_accumulation_steps": 4},
     )  # fmt: skip
     unseen = TrainingInputs(inputs.test[:4], [], inputs.frames, inputs.profiles)
     assert len(unseen.train) == 4

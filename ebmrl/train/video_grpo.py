@@ -25,7 +25,7 @@ It also makes the loss the paper's:
 6. ``kl_clamp`` clamps the log-ratio of the k3 KL estimator to ``[-kl_clamp, kl_clamp]``
    (the authors: 10), value and gradient, before TRL forms ``exp(d) - d - 1``.
 
-And it does the no-gradient work once per prompt:
+And it runs each prompt + clip once per group, not once per completion:
 
 7. with ``shared_prefix`` (on by default), every log-prob pass (the reference pass, the
    old-policy pass when TRL computes one, and the policy pass under training) runs each
