@@ -10,10 +10,11 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.ebmrl-installed
 PYTEST_ARGS ?=
 # Test worker processes (pytest-xdist): most tests run one torch thread, so one worker
-# per core; whole test files go to a worker, so a module's fixtures are built once.
-# TEST_WORKERS=0 runs the suite in this one process.
+# per core; whole test files go to a worker, so a module's fixtures are built once, in
+# the order tests/conftest.py gives them (longest first; xdist would reorder them by
+# test count). TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+PYTEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # dvc runs stage commands (`ebmrl ...`) through the shell: put the venv first on PATH.
 export PATH := $(BIN):$(PATH)
