@@ -517,7 +517,7 @@ class SftSection(TrainingSection):
     """CoT-SFT cold start on samples that carry a reference perception + think."""
 
     learning_rate: Annotated[float, Field(gt=0, lt=1)] = 5e-3
-    epochs: Annotated[float, Field(gt=0)] = 30
+    epochs: Annotated[float, Field(gt=0)] = 20
     # Longest tokenized sample (prompt + video tokens + completion); longer batches are refused.
     max_length: PositiveInt | None = None
     dataset: str = "data/dataset"
@@ -536,13 +536,13 @@ class SftSection(TrainingSection):
 class GrpoSection(TrainingSection):
     """EBM-RL GRPO from the SFT checkpoint (also the frozen reference model)."""
 
-    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 5e-5
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 1e-4
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "constant"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
     per_device_batch_size: PositiveInt = 8
     gradient_accumulation_steps: PositiveInt = 2
     epochs: Annotated[float, Field(gt=0)] = 1
-    max_steps: Annotated[int, Field(ge=-1)] = 60
+    max_steps: Annotated[int, Field(ge=-1)] = 80
     logging_steps: PositiveInt = 1
     save_steps: PositiveInt = 10
     group_size: Annotated[int, Field(ge=2)] = 8
