@@ -98,7 +98,7 @@ def setup(tmp: Path, args):
             beta=0.04,
             use_cpu=True,
             bf16=False,
-            gradient_checkpointing=False,  # as the grpo stage (it keeps no cache to share)
+            activation_checkpointing=False,  # as the grpo stage (it keeps no cache to share)
             report_to=[],
         ),
         train_dataset=Dataset.from_list([{"prompt": prompt, "clip_id": "clip"}]),

@@ -148,7 +148,7 @@ def run_size(
         beta=0.04,
         bf16=gpu,
         use_cpu=not gpu,
-        gradient_checkpointing=gpu,
+        activation_checkpointing=gpu,
         logging_steps=1,
         save_strategy="no",
         report_to=[],

@@ -210,8 +210,8 @@ def workspace_mode(
         return workspaces, f"workspaces={workspaces} as asked"
     if remote:
         return True, (
-            f"the GPU stages run in workspaces of their own on their workers, their data "
-            f"through the default DVC remote {remote!r}"
+            f"in workspaces of their own on their workers, their data through the "
+            f"default DVC remote {remote!r}"
         )
     return False, (
         "no default DVC remote: the GPU workers run the stages in this checkout, which they "

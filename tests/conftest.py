@@ -478,7 +478,7 @@ def grpo_args(tmp_path, **overrides):
         beta=0.04,
         use_cpu=True,
         bf16=False,
-        gradient_checkpointing=False,  # as the grpo stage on CPU (grpo.gradient_checkpointing)
+        activation_checkpointing=False,  # as the grpo stage on CPU (grpo.gradient_checkpointing)
         report_to=[],
         logging_steps=1,
         save_strategy="no",

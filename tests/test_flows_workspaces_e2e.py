@@ -144,7 +144,7 @@ def test_gpu_stages_on_workers_sharing_nothing_survive_a_killed_worker(tmp_path,
         flow_run = prefect.wait(flow_run.id, timeout_s=1800)
         logs = "\n".join(prefect.logs([flow_run.id]))
         assert flow_run.state.type.value == "COMPLETED", (flow_run.state, logs[-5000:])
-        assert "GPU stages: the GPU stages run in workspaces of their own" in logs
+        assert "GPU stages: in workspaces of their own on their workers" in logs
 
         children = {run_.name: run_ for run_ in prefect.children(flow_run.id)}
         assert children["grpo"].state.type.value == "CRASHED"

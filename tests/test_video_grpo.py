@@ -54,7 +54,7 @@ def test_vision_tower_gets_gradient_in_a_grpo_step(
 ):
     trainer, model, _ = tiny_trainer(
         tiny_models, frame_store, tmp_path, shared_prefix=shared_prefix, cls=PolicyPassProbe,
-        args=grpo_args(tmp_path, gradient_checkpointing=checkpointing),
+        args=grpo_args(tmp_path, activation_checkpointing=checkpointing),
     )  # fmt: skip
     probe = VisionGradProbe(model)
     trainer.add_callback(probe)

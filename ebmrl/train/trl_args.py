@@ -54,7 +54,8 @@ def common_args(
         # bf16 autocast on CPU is 20-30x slower than float32 (stack.md).
         "bf16": models.dtype == "bfloat16" and not cpu,
         "fp16": models.dtype == "float16" and not cpu,
-        "gradient_checkpointing": section.gradient_checkpointing,
+        # transformers 5 renamed it (the old name warns); TRL's configs default it to on.
+        "activation_checkpointing": section.gradient_checkpointing,
         "dataloader_num_workers": 0,
         "remove_unused_columns": False,
     }

@@ -531,7 +531,7 @@ class VideoGRPOTrainer(ResumeWithConvertedKeys, GRPOTrainer):
         if self.accelerator.distributed_type != DistributedType.NO:
             # DDP/FSDP/DeepSpeed wrappers expect one forward call per backward.
             return f"policy pass under {self.accelerator.distributed_type.value}"
-        if getattr(self.accelerator.unwrap_model(model), "is_gradient_checkpointing", False):
+        if getattr(self.accelerator.unwrap_model(model), "is_activation_checkpointing", False):
             return "policy pass with gradient checkpointing"
         return None
 
