@@ -107,14 +107,21 @@ class TinyVlmSection(Section):
     train_scenes: Annotated[int, Field(ge=2)] = 256
     frames: Annotated[int, Field(ge=2, multiple_of=2)] = 4  # a multiple of the temporal patch
     eval_scenes: PositiveInt = 32
+    # Then captions after long, varied text (caption_training: the base must see behind a
+    # role-play prompt's thousand tokens, as a real base does).
+    long_context_steps: Annotated[int, Field(ge=0)] = 150
+    long_context_batch_size: PositiveInt = 4
+    long_context_words: Annotated[int, Field(ge=0)] = 900
+    long_context_frames: Annotated[int, Field(ge=2, multiple_of=2)] = 8
     torch_threads: PositiveInt = 1
 
     @model_validator(mode="after")
     def _batch_fits(self) -> TinyVlmSection:
-        if self.batch_size > self.train_scenes:
-            raise ValueError(
-                f"batch_size ({self.batch_size}) exceeds train_scenes ({self.train_scenes})"
-            )
+        for name in ("batch_size", "long_context_batch_size"):
+            if getattr(self, name) > self.train_scenes:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) exceeds train_scenes ({self.train_scenes})"
+                )
         return self
 
 
@@ -542,7 +549,7 @@ class GrpoSection(TrainingSection):
     per_device_batch_size: PositiveInt = 8
     gradient_accumulation_steps: PositiveInt = 2
     epochs: Annotated[float, Field(gt=0)] = 1
-    max_steps: Annotated[int, Field(ge=-1)] = 80
+    max_steps: Annotated[int, Field(ge=-1)] = 40
     logging_steps: PositiveInt = 1
     save_steps: PositiveInt = 10
     group_size: Annotated[int, Field(ge=2)] = 8

@@ -232,7 +232,14 @@ def test_the_tiny_models_stage_reports_retrieval_above_chance(tmp_path):
         yaml.safe_dump(
             {
                 "tiny_models": {
-                    "vlm": {"steps": 3, "batch_size": 2, "train_scenes": 4, "eval_scenes": 2},
+                    "vlm": {
+                        "steps": 3,
+                        "batch_size": 2,
+                        "train_scenes": 4,
+                        "eval_scenes": 2,
+                        "long_context_steps": 2,
+                        "long_context_batch_size": 2,
+                    },
                     "clip": {"steps": 150, "train_scenes": 128, "eval_scenes": 32},
                 }
             }
@@ -289,13 +296,59 @@ def test_caption_batches_label_only_the_caption(vlm, demo_data):
         assert batch["input_ids"][row][start : start + len(labelled)].tolist() == labelled
 
 
+def test_captions_after_a_long_context_label_only_the_caption(vlm, demo_data):
+    from ebmrl.models.caption_training import caption_batch
+
+    processor = vlm[1]
+    frames = video.sample_frames(sorted(demo_data["videos"].glob("*.mp4"))[0], count=8)[0]
+    contexts = [("You are Mira Vale.\n\nAnswer in three blocks.", "The conversation so far:"),
+                ("", "")]  # fmt: skip
+    batch = caption_batch(processor, ["Fire.", "A dim red street."], [frames, frames], contexts)
+    for row, caption in enumerate(["Fire.", "A dim red street."]):
+        labelled = batch["labels"][row][batch["labels"][row] != -100].tolist()
+        assert processor.tokenizer.decode(labelled) == caption + "<|im_end|>"
+    prompt = processor.tokenizer.decode(batch["input_ids"][0])
+    assert "You are Mira Vale." in prompt and "The conversation so far:" in prompt
+    # the system text comes before the clip, the user text after it
+    assert prompt.index("Mira Vale") < prompt.index("<|vision_start|>") < prompt.index("so far")
+    assert "Describe what you see" not in prompt  # not the plain instruction
+
+
+def test_long_contexts_are_corpus_lines_within_the_word_budget():
+    import numpy as np
+
+    from ebmrl.models.caption_training import long_contexts
+    from ebmrl.models.tiny import corpus_lines
+
+    lines = set(corpus_lines())
+    rng, again = np.random.default_rng(0), np.random.default_rng(0)
+    batches = [long_contexts(4, 900, rng) for _ in range(100)]
+    assert batches == [long_contexts(4, 900, again) for _ in range(100)]  # seeded
+    longest = max(len(line.split()) for line in lines)
+    for batch in batches:
+        for system, user in batch:
+            for text, budget in ((system, 600), (user, 300)):
+                parts = [p.strip() for p in text.split("\n\n") if p.strip()]
+                assert len(text.split()) < budget + longest  # the last line may overrun
+                assert all(any(p in line for line in lines) for p in parts)
+        sizes = [len(s.split()) + len(u.split()) for s, u in batch]
+        assert max(sizes) - min(sizes) < 2 * longest  # one length per batch: little padding
+        assert len({s for s, _ in batch}) > 1 or not batch[0][0]  # but not one text
+    totals = [len(b[0][0].split()) + len(b[0][1].split()) for b in batches]
+    assert min(totals) < 200 and max(totals) > 700  # lengths spread over the budget
+    assert long_contexts(3, 0, np.random.default_rng(0)) == [("", "")] * 3
+
+
 @pytest.mark.slow  # runs real DVC / trains a model: the full tier only
 def test_caption_pretraining_is_deterministic_lowers_its_loss_and_loads_by_path(tmp_path):
     from ebmrl.config import TinyVlmSection
     from ebmrl.models import tiny
     from ebmrl.models.caption_training import train_captions
 
-    settings = TinyVlmSection(steps=40, batch_size=4, train_scenes=12, eval_scenes=2)
+    settings = TinyVlmSection(
+        steps=40, batch_size=4, train_scenes=12, eval_scenes=2,
+        long_context_steps=4, long_context_batch_size=2, long_context_words=60,
+    )  # fmt: skip
     untrained = tiny.build_qwen2_5_vl(tmp_path / "untrained", seed=1)
     reports = [
         train_captions(tiny.build_qwen2_5_vl(tmp_path / name, seed=1), settings, seed=1)
@@ -309,6 +362,11 @@ def test_caption_pretraining_is_deterministic_lowers_its_loss_and_loads_by_path(
     assert reports[0]["loss_last"] < reports[0]["loss_first"] - 0.5, reports[0]
     assert set(reports[0]["attribute_accuracy"]) == set(ATTRIBUTES)
     assert reports[0]["untrained"]["caption_accuracy"] == 0.0  # random weights see nothing
+    long_context = reports[0]["long_context"]  # then captions after long text
+    assert long_context["steps"] == 4 and long_context["frames"] == 8
+    assert set(long_context["attribute_accuracy"]) == set(
+        long_context["before"]["attribute_accuracy"]
+    )
     marker = json.loads((tmp_path / "a" / "EBMRL_TINY.json").read_text())
     assert marker["random_weights"] is False and marker["training"]["steps"] == 40
     model, processor = load_vlm(tmp_path / "a")  # the path every stage loads the base by

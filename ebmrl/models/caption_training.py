@@ -14,6 +14,17 @@ on it), but what it writes about a clip now depends on the clip. ``evaluate_capt
 reads greedy captions of held-out scenes back with the scene vocabulary: the share of
 each attribute stated correctly, before and after.
 
+A second phase teaches it to see after a long instruction. The role-play prompt puts a
+thousand tokens of system and user text around the clip; a two-layer model that only
+ever saw a one-line instruction loses the clip behind them (in the demo, its captions
+behind long text stated 0.15 of the attributes correctly, against 0.76 under its own
+instruction), and SFT on the demo's few traced clips then learns their perceptions by
+heart instead of reading them off the frames. So the last ``long_context_steps`` caption
+clips after text of random length made of the frozen tokenizer corpus's lines (prompt
+templates, character sheets, dialogue lines; never the live prompts, so rewording a
+prompt does not rebuild the base), with as many frames as the policy sees; the report's
+``long_context`` block is the held-out accuracy after such text, before and after it.
+
 The model is saved with ``save_pretrained`` in place, the layout ``load_vlm`` reads.
 Deterministic for a seed (seeded data, fixed torch threads, no dropout).
 """
@@ -42,6 +53,12 @@ from ebmrl.models.scene_clips import (
 INSTRUCTION = "Describe what you see in the clip."
 # Two-second clips: motion shows across the frames, rendering stays cheap.
 CLIP_SECONDS = 2.0
+# The long-context phase: the policy sees up to 8 frames of a clip at 2 a second.
+LONG_CONTEXT_CLIP_SECONDS = 4.0
+# Seed words of the long-context phase (training, held-out texts).
+_LONG_TRAIN, _LONG_EVAL = 3, 4
+
+Context = tuple[str, str]  # (system text, user text after the clip)
 
 
 def _frames(clips: SceneClips, count: int) -> list[np.ndarray]:
@@ -53,27 +70,61 @@ def _frames(clips: SceneClips, count: int) -> list[np.ndarray]:
     return out
 
 
-def _conversation(caption: str | None = None) -> list[dict[str, Any]]:
+def long_contexts(count: int, max_words: int, rng: np.random.Generator) -> list[Context]:
+    """``count`` instructions of one random length, up to ``max_words`` words (two thirds
+    at most before the clip, in the system turn; a third after it), made of whole lines of
+    the frozen tokenizer corpus; either part may be empty. One length per call: a training
+    batch pads to its longest row, so its rows are drawn alike and the lengths vary
+    between batches."""
+    from ebmrl.models.tiny import corpus_lines
+
+    lines = corpus_lines()
+
+    def text(words: int) -> str:
+        parts: list[str] = []
+        while sum(len(part.split()) for part in parts) < words:
+            parts.append(lines[int(rng.integers(len(lines)))])
+        return "\n\n".join(parts)
+
+    before = int(rng.integers(max_words * 2 // 3 + 1))
+    after = int(rng.integers(max_words // 3 + 1))
+    return [(text(before), text(after)) for _ in range(count)]
+
+
+def _conversation(
+    caption: str | None = None, context: Context | None = None
+) -> list[dict[str, Any]]:
+    """The plain instruction, or a long context (system text; the clip, then user text)."""
     from ebmrl.models.vlm import video_messages
 
-    messages = video_messages(INSTRUCTION)
+    system, user = context if context is not None else ("", INSTRUCTION)
+    messages = video_messages(user, system or None)
     if caption is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": caption}]})
     return messages
 
 
-def caption_batch(processor: Any, captions: list[str], videos: list[np.ndarray]) -> Any:
-    """Model inputs with ``labels`` on the caption tokens only (right padding)."""
+def caption_batch(
+    processor: Any,
+    captions: list[str],
+    videos: list[np.ndarray],
+    contexts: list[Context] | None = None,
+) -> Any:
+    """Model inputs with ``labels`` on the caption tokens only (right padding); each caption
+    after the plain instruction, or after its ``contexts`` entry."""
     from ebmrl.models.vlm import encode
 
+    contexts = contexts or [None] * len(captions)
     full = encode(
         processor,
-        [_conversation(c) for c in captions],
+        [_conversation(c, x) for c, x in zip(captions, contexts, strict=True)],
         videos,
         add_generation_prompt=False,
         padding_side="right",
     )
-    prompt = encode(processor, [_conversation()] * len(captions), videos, padding_side="right")
+    prompt = encode(
+        processor, [_conversation(None, x) for x in contexts], videos, padding_side="right"
+    )
     labels = full["input_ids"].clone()
     for row, length in enumerate(prompt["attention_mask"].sum(dim=1).tolist()):
         labels[row, :length] = -100
@@ -88,16 +139,27 @@ def caption_batch(processor: Any, captions: list[str], videos: list[np.ndarray])
     return full
 
 
-def evaluate_captions(model: Any, processor: Any, held_out: SceneClips, frames: int) -> dict:
-    """Share of each attribute that greedy captions of unseen scenes state correctly."""
+def evaluate_captions(
+    model: Any,
+    processor: Any,
+    held_out: SceneClips,
+    frames: int,
+    contexts: list[Context] | None = None,
+) -> dict:
+    """Share of each attribute that greedy captions of unseen scenes state correctly (after
+    the plain instruction, or after each scene's ``contexts`` entry)."""
     from ebmrl.models.vlm import generate_text
 
     videos = _frames(held_out, frames)
+    conversations = [_conversation(None, x) for x in contexts or [None] * len(videos)]
     texts: list[str] = []
     for start in range(0, len(videos), 8):
-        chunk = videos[start : start + 8]
         texts += generate_text(
-            model, processor, [_conversation()] * len(chunk), chunk, max_new_tokens=48
+            model,
+            processor,
+            conversations[start : start + 8],
+            videos[start : start + 8],
+            max_new_tokens=48,
         )
     correct: dict[str, list[bool]] = {name: [] for name in scene_words.ATTRIBUTES}
     for truth, text in zip(held_out.attributes, texts, strict=True):
@@ -109,6 +171,77 @@ def evaluate_captions(model: Any, processor: Any, held_out: SceneClips, frames: 
         "caption_accuracy": round(float(np.mean(list(per_attribute.values()))), 4),
         "attribute_accuracy": per_attribute,
         "eval_scenes": len(videos),
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def _train(
+    model: Any,
+    processor: Any,
+    settings: TinyVlmSection,
+    steps: int,
+    batch_size: int,
+    videos: list[np.ndarray],
+    attributes: list[dict[str, Any]],
+    rng: np.random.Generator,
+    context_words: int | None = None,
+) -> list[float]:
+    """``steps`` AdamW steps on captions of random scenes in varied words, after the plain
+    instruction or (``context_words``) after fresh ``long_contexts`` of up to that many
+    words; the model is left in eval mode. Returns the losses."""
+    import torch
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    losses = []
+    for _ in range(steps):
+        batch = rng.choice(len(videos), size=batch_size, replace=False)
+        captions = [scene_words.write_caption(attributes[i], rng) for i in batch]
+        contexts = None if context_words is None else long_contexts(batch_size, context_words, rng)
+        inputs = caption_batch(processor, captions, [videos[i] for i in batch], contexts)
+        loss = model(**inputs).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
+def _long_context_phase(
+    model: Any, processor: Any, settings: TinyVlmSection, geometry: SceneGeometry, seed: int
+) -> dict[str, Any]:
+    """Captions after long instructions (module docstring); held-out accuracy after such
+    text before and after this phase."""
+    train = render_clips(
+        settings.train_scenes, seed, TRAIN_STREAM, geometry, LONG_CONTEXT_CLIP_SECONDS
+    )
+    held_out = render_clips(
+        settings.eval_scenes, seed, EVAL_STREAM, geometry, LONG_CONTEXT_CLIP_SECONDS
+    )
+    words = settings.long_context_words
+    eval_rng = np.random.default_rng([EVAL_STREAM, seed, _LONG_EVAL])
+    eval_contexts = [long_contexts(1, words, eval_rng)[0] for _ in held_out.clips]
+    frames = settings.long_context_frames
+    before = evaluate_captions(model, processor, held_out, frames, eval_contexts)
+    losses = _train(
+        model, processor, settings, settings.long_context_steps,
+        settings.long_context_batch_size, _frames(train, frames), train.attributes,
+        np.random.default_rng([TRAIN_STREAM, seed, _LONG_TRAIN]), words,
+    )  # fmt: skip
+    after = evaluate_captions(model, processor, held_out, frames, eval_contexts)
+    return {
+        "caption_accuracy": after["caption_accuracy"],
+        "attribute_accuracy": after["attribute_accuracy"],
+        "before": {k: before[k] for k in ("caption_accuracy", "attribute_accuracy")},
+        "steps": settings.long_context_steps,
+        "max_words": words,
+        "frames": frames,
+        "loss_first": _mean(losses[:20]),
+        "loss_last": _mean(losses[-20:]),
     }
 
 
@@ -133,30 +266,21 @@ def train_captions(
         videos = _frames(train, settings.frames)
         model.eval()
         before = evaluate_captions(model, processor, held_out, settings.frames)
-        model.train()
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=settings.learning_rate, weight_decay=0.0
-        )
         rng = np.random.default_rng([TRAIN_STREAM, seed, 2])
-        losses = []
-        for _ in range(settings.steps):
-            batch = rng.choice(len(videos), size=settings.batch_size, replace=False)
-            captions = [scene_words.write_caption(train.attributes[i], rng) for i in batch]
-            inputs = caption_batch(processor, captions, [videos[i] for i in batch])
-            loss = model(**inputs).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        model.eval()
+        losses = _train(
+            model, processor, settings, settings.steps, settings.batch_size,
+            videos, train.attributes, rng,
+        )  # fmt: skip
         after = evaluate_captions(model, processor, held_out, settings.frames)
+        long_context = _long_context_phase(model, processor, settings, geometry, seed)
     report = {
         **after,
         "untrained": {k: before[k] for k in ("caption_accuracy", "attribute_accuracy")},
+        "long_context": long_context,
         "train_scenes": settings.train_scenes,
         "steps": settings.steps,
-        "loss_first": round(float(np.mean(losses[:20])), 4) if losses else None,
-        "loss_last": round(float(np.mean(losses[-20:])), 4) if losses else None,
+        "loss_first": _mean(losses[:20]),
+        "loss_last": _mean(losses[-20:]),
     }
     marker = json.loads((folder / "EBMRL_TINY.json").read_text())
     marker.update(random_weights=False, pretrained_on="demo scene captions",

@@ -65,6 +65,15 @@ CHAT_TEMPLATE = (
 CORPUS_FILE = "tiny_corpus.json"
 
 
+def _corpus() -> dict:
+    return json.loads(Path(__file__).with_name(CORPUS_FILE).read_text(encoding="utf-8"))
+
+
+def corpus_lines() -> list[str]:
+    """The frozen corpus's lines: prompt templates, character sheets, dialogue lines."""
+    return list(_corpus()["lines"])
+
+
 def tokenizer_corpus() -> list[str]:
     """Text the tiny tokenizers are trained on: ``tiny_corpus.json`` beside this module.
 
@@ -72,7 +81,7 @@ def tokenizer_corpus() -> list[str]:
     live prompt templates: rewording a prompt reruns the stages that use the prompt, not
     ``tiny_models`` and everything under it.
     """
-    corpus = json.loads(Path(__file__).with_name(CORPUS_FILE).read_text(encoding="utf-8"))
+    corpus = _corpus()
     # Repetition makes the tags, the prompt wording and common words single tokens.
     return (
         corpus["lines"] * 3

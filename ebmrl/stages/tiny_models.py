@@ -59,7 +59,9 @@ def run(params: Params, args: argparse.Namespace) -> int:
     print(
         f"tiny VLM caption-pretrained in {vlm_seconds:.1f}s: held-out attributes stated "
         f"correctly {captions['caption_accuracy']:.3f} (untrained "
-        f"{captions['untrained']['caption_accuracy']:.3f}); {captions['attribute_accuracy']}"
+        f"{captions['untrained']['caption_accuracy']:.3f}); {captions['attribute_accuracy']}; "
+        f"after a long instruction {captions['long_context']['caption_accuracy']:.3f} (before "
+        f"that phase {captions['long_context']['before']['caption_accuracy']:.3f})"
     )
     print(
         f"tiny CLIP trained in {clip_seconds:.1f}s: held-out text->frame "
