@@ -314,6 +314,16 @@ def test_captions_after_a_long_context_label_only_the_caption(vlm, demo_data):
     assert "Describe what you see" not in prompt  # not the plain instruction
 
 
+def test_both_caption_batches_must_fit_the_training_scenes():
+    from ebmrl.config import TinyVlmSection
+
+    with pytest.raises(ValueError, match=r"long_context_batch_size \(8\) exceeds train_scenes"):
+        TinyVlmSection(train_scenes=4, batch_size=2, long_context_batch_size=8)
+    with pytest.raises(ValueError, match=r"^(?s:.*)\bbatch_size \(8\) exceeds train_scenes"):
+        TinyVlmSection(train_scenes=4, batch_size=8, long_context_batch_size=2)
+    TinyVlmSection(train_scenes=4, batch_size=4, long_context_batch_size=4)
+
+
 def test_long_contexts_are_corpus_lines_within_the_word_budget():
     import numpy as np
 

@@ -13,6 +13,7 @@ path through ``ebmrl.models.load_*``, the same functions that load hub ids for u
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -65,6 +66,7 @@ CHAT_TEMPLATE = (
 CORPUS_FILE = "tiny_corpus.json"
 
 
+@functools.cache  # read once: the long-context caption phase draws lines at every step
 def _corpus() -> dict:
     return json.loads(Path(__file__).with_name(CORPUS_FILE).read_text(encoding="utf-8"))
 
