@@ -3,7 +3,8 @@
 reruns only grpo and the stages after it, an annotation prompt invalidates annotate,
 invalid params stop ``dvc repro`` before any output is touched, the data stages built
 again from scratch give the same bytes, and ``dvc exp run -S`` changes one line of
-params.yaml; ``dvc exp show`` and ``dvc metrics diff`` work as the README shows them."""
+params.yaml; ``dvc exp show`` and ``dvc metrics diff`` work as the README shows them;
+``bench/demo_sight.py`` reads the reproduced DAG's outputs."""
 
 import json
 import os
@@ -66,6 +67,19 @@ def test_noop_repro_reruns_nothing_and_takes_about_a_second(ci_repo):
     assert "didn't change, skipping" in result.stdout
     # DVC's own floor here is about 1 s; generous for a loaded 2-core CI machine.
     assert elapsed < 15
+
+
+def test_demo_sight_reads_the_dag_outputs(ci_repo):
+    """bench/demo_sight.py on a reproduced DAG: every clip and attribute, both models."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "demo_sight.py"
+    result = run(ci_repo, sys.executable, str(script), "--root", str(ci_repo), "--captions", "1")
+    clips = int(re.search(r"^(\d+) demo clips", result.stdout, re.M).group(1))
+    vlm = dict(re.findall(r"^  (\w+): (\d+)/\d+ right$", result.stdout, re.M))
+    judged = re.findall(r"^  (\w+): true value first (\d+)/(\d+) ", result.stdout, re.M)
+    assert set(vlm) == {"background", "lighting", "figures", "figure_colour", "motion", "danger"}
+    assert all(0 <= int(right) <= clips for right in vlm.values())
+    # The CI profile's CLIP is barely trained: what it judges is counted, not asserted.
+    assert judged and all(0 <= int(first) <= int(trials) == clips for _, first, trials in judged)
 
 
 def _status(repo: Path) -> dict:
