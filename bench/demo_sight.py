@@ -50,31 +50,22 @@ def attribute_values(truth: dict[str, dict]) -> dict[str, list]:
     return {name: sorted({t[name] for t in truth.values()}, key=str) for name in ATTRIBUTES}
 
 
-def vlm_statements(vlm: str, frames, truth: dict[str, dict], batch: int = 8) -> dict:
-    """Per attribute: Counter of (true value, stated values) over the clips."""
+def vlm_statements(vlm: str, frames, truth: dict[str, dict]) -> dict:
+    """Per attribute: Counter of (true value, stated values) over the clips, from the
+    captions the tiny_models stage's evaluation writes (plain instruction, greedy)."""
     from ebmrl import scene_words
     from ebmrl.models import load_vlm
-    from ebmrl.models.caption_training import INSTRUCTION
-    from ebmrl.models.vlm import generate_text, video_messages
+    from ebmrl.models.caption_training import describe_clips
 
     model, processor = load_vlm(vlm, dtype="float32", device="cpu")
     model.eval()
-    clip_ids = list(truth)
+    texts = describe_clips(model, processor, [frames.frames(c) for c in truth])
     tally = {name: Counter() for name in scene_words.ATTRIBUTES}
-    for start in range(0, len(clip_ids), batch):
-        chunk = clip_ids[start : start + batch]
-        texts = generate_text(
-            model,
-            processor,
-            [video_messages(INSTRUCTION) for _ in chunk],
-            [frames.frames(c) for c in chunk],
-            max_new_tokens=48,
-        )
-        for clip_id, text in zip(chunk, texts, strict=True):
-            stated = scene_words.read_statements(text)
-            for name, counts in tally.items():
-                said = ", ".join(sorted(map(str, stated[name]))) or "(nothing)"
-                counts[(truth[clip_id][name], said)] += 1
+    for clip_id, text in zip(truth, texts, strict=True):
+        stated = scene_words.read_statements(text)
+        for name, counts in tally.items():
+            said = ", ".join(sorted(map(str, stated[name]))) or "(nothing)"
+            counts[(truth[clip_id][name], said)] += 1
     return tally
 
 

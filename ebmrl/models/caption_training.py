@@ -139,18 +139,16 @@ def caption_batch(
     return full
 
 
-def evaluate_captions(
+def describe_clips(
     model: Any,
     processor: Any,
-    held_out: SceneClips,
-    frames: int,
+    videos: list[np.ndarray],
     contexts: list[Context] | None = None,
-) -> dict:
-    """Share of each attribute that greedy captions of unseen scenes state correctly (after
-    the plain instruction, or after each scene's ``contexts`` entry)."""
+) -> list[str]:
+    """Greedy captions of ``(T, H, W, 3)`` clips, after the plain instruction or after each
+    clip's ``contexts`` entry."""
     from ebmrl.models.vlm import generate_text
 
-    videos = _frames(held_out, frames)
     conversations = [_conversation(None, x) for x in contexts or [None] * len(videos)]
     texts: list[str] = []
     for start in range(0, len(videos), 8):
@@ -161,6 +159,19 @@ def evaluate_captions(
             videos[start : start + 8],
             max_new_tokens=48,
         )
+    return texts
+
+
+def evaluate_captions(
+    model: Any,
+    processor: Any,
+    held_out: SceneClips,
+    frames: int,
+    contexts: list[Context] | None = None,
+) -> dict:
+    """Share of each attribute that greedy captions of unseen scenes state correctly (after
+    the plain instruction, or after each scene's ``contexts`` entry)."""
+    texts = describe_clips(model, processor, _frames(held_out, frames), contexts)
     correct: dict[str, list[bool]] = {name: [] for name in scene_words.ATTRIBUTES}
     for truth, text in zip(held_out.attributes, texts, strict=True):
         stated = scene_words.read_statements(text)
@@ -170,7 +181,7 @@ def evaluate_captions(
     return {
         "caption_accuracy": round(float(np.mean(list(per_attribute.values()))), 4),
         "attribute_accuracy": per_attribute,
-        "eval_scenes": len(videos),
+        "eval_scenes": len(texts),
     }
 
 
